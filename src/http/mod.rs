@@ -1,0 +1,93 @@
+//! The HTTP API of `API.md`: one module per resource, thin handlers.
+//!
+//! `router` wires the routes, the body limits, API-key checks, request
+//! metrics and tracing around one shared `AppState`.
+
+pub mod auth;
+pub mod datasets;
+pub mod error;
+pub mod extract;
+pub mod items;
+pub mod jobs;
+pub mod ops;
+pub mod search;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+use error::AppError;
+
+/// Room for the non-file fields of a multipart body beside its image.
+const MULTIPART_OVERHEAD: u64 = 1 << 20;
+
+pub fn router(state: AppState) -> Router {
+    let limits = &state.settings.limits;
+    // Handlers enforce the exact limits; the router's limits leave room to
+    // drain a slightly oversized body so its sender reads the 413.
+    let body_limit = |bytes: u64| {
+        let bytes = bytes.saturating_add(MULTIPART_OVERHEAD + extract::DRAIN_ALLOWANCE);
+        DefaultBodyLimit::max(usize::try_from(bytes).unwrap_or(usize::MAX))
+    };
+    let upload_limit = body_limit(limits.max_upload_bytes);
+    let image_limit = body_limit(limits.max_image_bytes);
+    Router::new()
+        .route("/datasets", post(datasets::create).layer(upload_limit).get(datasets::list))
+        .route("/datasets/{name}", get(datasets::get).delete(datasets::delete))
+        .route("/datasets/{name}/labels", get(datasets::labels))
+        .route("/datasets/{name}/models", get(datasets::models))
+        .route("/datasets/{name}/items", post(items::add).get(items::list))
+        .route("/datasets/{name}/items/{item_id}", get(items::get).delete(items::delete))
+        .route("/datasets/{name}/items/{item_id}/image", get(items::image))
+        .route("/datasets/{name}/items/{item_id}/similar", get(search::similar))
+        .route("/search", post(search::search))
+        .route("/jobs", get(jobs::list).post(jobs::create))
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/artifacts/{file}", get(jobs::artifact))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/", get(ops::page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(image_limit)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(middleware::from_fn_with_state(state.clone(), count_status))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::not_found("not_found", "no such endpoint; see GET /openapi.json")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
+
+async fn count_status(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.metrics.observe_status(response.status().as_u16());
+    response
+}
+
+/// `API.md`: 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn check_dataset_name(name: &str) -> Result<(), AppError> {
+    let valid =
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(AppError::bad_request(
+            "invalid_dataset_name",
+            format!("dataset name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"),
+        ))
+    }
+}

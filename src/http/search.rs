@@ -1,0 +1,188 @@
+//! `POST /search` (multipart or a raw image body) and `GET .../similar`.
+//!
+//! A search snapshots the dataset's generation once, embeds the query with the
+//! embedder (batched with concurrent queries), and searches that generation's
+//! index under the catalogue's read lock on a blocking thread.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{StatusCode, header};
+use serde::{Deserialize, Serialize};
+
+use super::error::{AppError, AppResult};
+use super::extract::{AppPath, AppQuery, parse_k, read_field, read_text};
+use super::items::serving;
+use crate::app::AppState;
+use crate::embedder::EmbedError;
+use crate::model::preprocess::DecodeError;
+use crate::prepare::{Prepared, prepare};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchParams {
+    dataset: Option<String>,
+    k: Option<String>,
+    label: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchHit {
+    pub item_id: String,
+    pub label: String,
+    pub distance: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchResponse {
+    pub dataset: String,
+    pub model: String,
+    pub results: Vec<SearchHit>,
+    pub took_ms: f64,
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    AppQuery(mut params): AppQuery<SearchParams>,
+    request: Request,
+) -> AppResult<Json<SearchResponse>> {
+    let started = Instant::now();
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let image = if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| AppError::bad_request("invalid_multipart", e.body_text()))?;
+        let mut image = None;
+        while let Some(field) = multipart.next_field().await? {
+            match field.name() {
+                Some("image") => {
+                    image = Some(read_field(field, state.settings.limits.max_image_bytes, "the image").await?)
+                }
+                Some("dataset") => params.dataset = Some(read_text(field, "dataset").await?),
+                Some("k") => params.k = Some(read_text(field, "k").await?),
+                Some("label") => params.label = Some(read_text(field, "label").await?),
+                _ => {}
+            }
+        }
+        image.ok_or_else(|| AppError::bad_request("missing_field", "the multipart field `image` is required"))?
+    } else if content_type.starts_with("image/") {
+        let body = Bytes::from_request(request, &state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::too_large(e.body_text())
+            } else {
+                AppError::bad_request("invalid_body", e.body_text())
+            }
+        })?;
+        let max = state.settings.limits.max_image_bytes;
+        if body.len() as u64 > max {
+            return Err(AppError::too_large(format!("the image is larger than the {max} bytes allowed")));
+        }
+        body.to_vec()
+    } else {
+        return Err(AppError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send multipart/form-data with an `image` field, or the raw image with Content-Type: image/*",
+        ));
+    };
+    let dataset = params
+        .dataset
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| AppError::bad_request("missing_field", "`dataset` is required"))?;
+    let k = parse_k(params.k.as_deref(), state.settings.limits.max_k)?;
+    let label = params.label.filter(|l| !l.is_empty());
+    serving(&state, &dataset)?;
+    if image.is_empty() {
+        return Err(AppError::bad_request("invalid_image", "the image is empty"));
+    }
+    let prepared = prepare_upload(&state, image).await?;
+    let response = run_search(&state, &dataset, prepared.input, k, label, None, started).await?;
+    Ok(Json(response))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SimilarParams {
+    k: Option<String>,
+    label: Option<String>,
+}
+
+pub async fn similar(
+    State(state): State<AppState>,
+    AppPath((name, item_id)): AppPath<(String, String)>,
+    AppQuery(params): AppQuery<SimilarParams>,
+) -> AppResult<Json<SearchResponse>> {
+    let started = Instant::now();
+    let k = parse_k(params.k.as_deref(), state.settings.limits.max_k)?;
+    serving(&state, &name)?;
+    let record =
+        state.db.get_item(&name, &item_id).await?.ok_or_else(|| {
+            AppError::not_found("item_not_found", format!("no item with id {item_id:?} in this dataset"))
+        })?;
+    let blobs = state.blobs.clone();
+    let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
+    let prepared = prepare_upload(&state, bytes).await?;
+    let label = params.label.filter(|l| !l.is_empty());
+    let response = run_search(&state, &name, prepared.input, k, label, Some(record.seq), started).await?;
+    Ok(Json(response))
+}
+
+/// Decodes an uploaded image on a blocking thread; bad bytes are a 4xx.
+pub async fn prepare_upload(state: &AppState, bytes: Vec<u8>) -> AppResult<Prepared> {
+    let max_pixels = state.settings.limits.max_image_pixels;
+    let input_size = state.embedder.model().input_size;
+    let prepared = tokio::task::spawn_blocking(move || prepare(&bytes, max_pixels, input_size))
+        .await
+        .map_err(AppError::internal)?;
+    prepared.map_err(|err| match err {
+        DecodeError::TooManyPixels { .. } => {
+            AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", err.to_string())
+        }
+        other => AppError::bad_request("invalid_image", format!("not a readable image: {other}")),
+    })
+}
+
+/// Embeds one query; a full queue is a 503 the client may retry.
+pub async fn embed(state: &AppState, input: Vec<f32>) -> AppResult<Vec<f32>> {
+    state.embedder.embed_one(input).await.map_err(|err| match err {
+        EmbedError::Overloaded => AppError::unavailable("overloaded", err.to_string()),
+        EmbedError::Stopped => AppError::unavailable("model_unavailable", err.to_string()),
+        EmbedError::Model(_) => AppError::internal(err),
+    })
+}
+
+async fn run_search(
+    state: &AppState,
+    name: &str,
+    input: Vec<f32>,
+    k: usize,
+    label: Option<String>,
+    exclude: Option<u64>,
+    started: Instant,
+) -> AppResult<SearchResponse> {
+    let dataset = serving(state, name)?;
+    let generation = dataset.generation.load_full();
+    if generation.model_id != state.embedder.model().id {
+        return Err(AppError::unavailable("model_unavailable", "the dataset's model is not loaded"));
+    }
+    let vector = embed(state, input).await?;
+    let model = generation.model_id.clone();
+    let hits = tokio::task::spawn_blocking(move || {
+        let catalog = dataset.catalog.read().unwrap_or_else(|e| e.into_inner());
+        generation
+            .search(&catalog, &vector, k, label.as_deref(), exclude)
+            .into_iter()
+            .map(|(item, distance)| SearchHit {
+                item_id: item.item_id.to_string(),
+                label: item.label.to_string(),
+                distance,
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(AppError::internal)?;
+    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    state.metrics.observe_search(took_ms);
+    Ok(SearchResponse { dataset: name.to_owned(), model, results: hits, took_ms })
+}

@@ -1,0 +1,177 @@
+//! The `ingest` job: decode, store, embed and index every image of an
+//! uploaded catalogue archive (already checked whole by `ingest::archive::scan`
+//! when it was uploaded).
+//!
+//! Runs on a blocking thread. Images are handled in chunks: decoded in
+//! parallel, embedded as one bulk request to the embedder, their bytes made
+//! durable, then their rows committed in one transaction, then added to the
+//! index and the catalogue (so a search never sees an item before its row).
+//! Progress is images done / total. Images that fail to decode are skipped
+//! and listed (with reasons) in the result.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde_json::json;
+use tokio::runtime::Handle;
+
+use super::{CancelFlag, JobFailure, JobResult};
+use crate::app::AppState;
+use crate::db::datasets::{STATUS_FAILED, STATUS_READY};
+use crate::db::items::NewItem;
+use crate::db::jobs::Job;
+use crate::ingest::archive::{self, ArchiveLimits, Entry, Skipped};
+use crate::prepare::{Prepared, prepare};
+use crate::storage::BlobStore;
+
+pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
+    let runtime = Handle::current();
+    let upload = job.params.get("archive").and_then(|v| v.as_str()).map(|name| state.uploads_dir().join(name));
+    let Some(upload) = upload else {
+        return Err(JobFailure::failed("invalid_job", "ingest job without an archive"));
+    };
+    let outcome = ingest(state, job, cancel, &upload, &runtime);
+    let _ = std::fs::remove_file(&upload);
+    let status = if outcome.is_ok() { STATUS_READY } else { STATUS_FAILED };
+    if let Err(err) = runtime.block_on(state.db.set_dataset_status(&job.dataset, status)) {
+        tracing::error!(dataset = %job.dataset, error = %err, "could not record the dataset status");
+    }
+    outcome
+}
+
+fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runtime: &Handle) -> JobResult {
+    let started = Instant::now();
+    let dataset = state
+        .dataset(&job.dataset)
+        .ok_or_else(|| JobFailure::failed("dataset_not_found", "the dataset was deleted"))?;
+    let limits = &state.settings.limits;
+    let manifest = archive::scan(
+        upload,
+        ArchiveLimits { max_entries: limits.max_archive_entries, max_unpacked_bytes: limits.max_unpacked_bytes },
+    )
+    .map_err(|e| JobFailure::failed("invalid_archive", e.to_string()))?;
+    let total = manifest.entries.len();
+    let mut run = Run {
+        state,
+        job,
+        runtime,
+        dataset: &dataset,
+        total,
+        done: 0,
+        ingested: 0,
+        skipped: manifest.skipped.clone(),
+        skipped_count: manifest.skipped_count,
+        pending: Vec::with_capacity(state.settings.jobs.ingest_chunk),
+    };
+    let chunk = state.settings.jobs.ingest_chunk;
+    archive::for_each_image(upload, &manifest, limits.max_image_bytes, &mut |entry, bytes| {
+        cancel.check().map_err(anyhow::Error::from)?;
+        match bytes {
+            Ok(bytes) => run.pending.push((entry.clone(), bytes)),
+            Err(reason) => run.skip(&entry.path, reason),
+        }
+        if run.pending.len() >= chunk {
+            run.flush()?;
+        }
+        Ok(())
+    })
+    .map_err(|err| match err.downcast::<JobFailure>() {
+        Ok(failure) => failure,
+        Err(err) => JobFailure::from(err),
+    })?;
+    cancel.check()?;
+    run.flush()?;
+    let generation = dataset.generation.load_full();
+    generation.save(&dataset.index_dir(&generation.model_id))?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "images": total,
+        "ingested": run.ingested,
+        "skipped": run.skipped_count,
+        "skipped_reasons": run.skipped,
+        "seconds": seconds,
+        "images_per_second": run.ingested as f64 / seconds.max(1e-9),
+    }))
+}
+
+struct Run<'a> {
+    state: &'a AppState,
+    job: &'a Job,
+    runtime: &'a Handle,
+    dataset: &'a crate::generation::DatasetState,
+    total: usize,
+    done: usize,
+    ingested: usize,
+    skipped: Vec<Skipped>,
+    skipped_count: usize,
+    pending: Vec<(Entry, Vec<u8>)>,
+}
+
+impl Run<'_> {
+    fn skip(&mut self, path: &str, reason: String) {
+        self.skipped_count += 1;
+        self.done += 1;
+        if self.skipped.len() < 100 {
+            self.skipped.push(Skipped { path: path.to_owned(), reason });
+        }
+    }
+
+    /// Decodes, embeds, stores and indexes the pending images.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let max_pixels = self.state.settings.limits.max_image_pixels;
+        let input_size = self.state.embedder.model().input_size;
+        let prepared: Vec<Result<Prepared, String>> = pending
+            .par_iter()
+            .map(|(_, bytes)| prepare(bytes, max_pixels, input_size).map_err(|e| format!("invalid image: {e}")))
+            .collect();
+        let mut good = Vec::with_capacity(pending.len());
+        for ((entry, bytes), result) in pending.into_iter().zip(prepared) {
+            match result {
+                Ok(image) => good.push((entry, bytes, image)),
+                Err(reason) => self.skip(&entry.path, reason),
+            }
+        }
+        if !good.is_empty() {
+            self.store(good)?;
+        }
+        let progress = self.done as f64 / self.total.max(1) as f64;
+        self.runtime.block_on(self.state.db.set_job_progress(&self.job.id, "ingesting", progress))?;
+        Ok(())
+    }
+
+    fn store(&mut self, good: Vec<(Entry, Vec<u8>, Prepared)>) -> anyhow::Result<()> {
+        let blobs = &self.state.blobs;
+        let mut inputs = Vec::with_capacity(good.len());
+        let mut rows = Vec::with_capacity(good.len());
+        for (entry, bytes, image) in good {
+            let key = BlobStore::new_key(&self.dataset.name);
+            blobs.put(&key, &bytes, false)?;
+            rows.push(NewItem {
+                item_id: entry.item_id,
+                label: entry.label,
+                width: image.width,
+                height: image.height,
+                content_type: image.content_type.to_owned(),
+                blob: key,
+            });
+            inputs.push(image.input);
+        }
+        let vectors = self.state.embedder.embed_many_blocking(inputs)?;
+        blobs.sync_keys(rows.iter().map(|r| r.blob.as_str()))?;
+        let seqs = self.runtime.block_on(self.state.db.insert_items(&self.dataset.name, &rows))?;
+        let generation = self.dataset.generation.load_full();
+        generation.append(&seqs.iter().copied().zip(vectors).collect::<Vec<_>>());
+        let mut catalog = self.dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
+        for (seq, row) in seqs.iter().zip(&rows) {
+            catalog.insert(*seq, &row.item_id, &row.label);
+        }
+        self.done += rows.len();
+        self.ingested += rows.len();
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! lookalike: self-hosted visual similarity search that learns its catalogue.
+//!
+//! The parts and their rooms are described in `ARCHITECTURE.md`; in short:
+//! `http` answers the API, `embedder` batches queries in front of the `model`,
+//! each dataset is served by a `generation::Generation` (model + `index`),
+//! `jobs` run ingests in the background over the `db` and `storage`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod embedder;
+pub mod eval;
+pub mod fashion_mnist;
+pub mod generation;
+pub mod http;
+pub mod index;
+pub mod ingest;
+pub mod jobs;
+pub mod metrics;
+pub mod model;
+pub mod prepare;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,82 @@
+//! Counters for `GET /metrics`, written as Prometheus text.
+//!
+//! Plain atomics, bumped by handlers; nothing here blocks.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::app::AppState;
+
+/// Upper bounds (ms) of the search latency histogram buckets.
+const LATENCY_BUCKETS_MS: [u64; 10] = [2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub http_requests: AtomicU64,
+    pub http_client_errors: AtomicU64,
+    pub http_server_errors: AtomicU64,
+    pub searches: AtomicU64,
+    search_latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    search_latency_sum_ms: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_search(&self, millis: f64) {
+        self.searches.fetch_add(1, Ordering::Relaxed);
+        let bucket = LATENCY_BUCKETS_MS.iter().position(|&b| millis <= b as f64).unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.search_latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.search_latency_sum_ms.fetch_add(millis.round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_status(&self, status: u16) {
+        self.http_requests.fetch_add(1, Ordering::Relaxed);
+        if (400..500).contains(&status) {
+            self.http_client_errors.fetch_add(1, Ordering::Relaxed);
+        } else if status >= 500 {
+            self.http_server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Renders every metric of the server as Prometheus text.
+pub fn render(state: &AppState) -> String {
+    let m = &state.metrics;
+    let e = &state.embedder.stats;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    };
+    counter("lookalike_http_requests_total", "HTTP requests answered.", load(&m.http_requests));
+    counter("lookalike_http_client_errors_total", "HTTP requests answered 4xx.", load(&m.http_client_errors));
+    counter("lookalike_http_server_errors_total", "HTTP requests answered 5xx.", load(&m.http_server_errors));
+    counter("lookalike_embedder_batches_total", "Forward passes run by the embedder.", load(&e.batches));
+    counter("lookalike_embedder_images_total", "Images embedded.", load(&e.images));
+    counter("lookalike_embedder_rejected_total", "Queries refused because the queue was full.", load(&e.rejected));
+    counter("lookalike_embedder_forward_microseconds_total", "Time spent in forward passes.", load(&e.forward_micros));
+    let _ = writeln!(
+        out,
+        "# HELP lookalike_embedder_queue_depth Requests waiting for the model.\n# TYPE lookalike_embedder_queue_depth gauge\nlookalike_embedder_queue_depth {}",
+        e.queued.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lookalike_search_duration_ms Search latency.\n# TYPE lookalike_search_duration_ms histogram"
+    );
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        cumulative += load(&m.search_latency[i]);
+        let _ = writeln!(out, "lookalike_search_duration_ms_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += load(&m.search_latency[LATENCY_BUCKETS_MS.len()]);
+    let _ = writeln!(out, "lookalike_search_duration_ms_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "lookalike_search_duration_ms_sum {}", load(&m.search_latency_sum_ms));
+    let _ = writeln!(out, "lookalike_search_duration_ms_count {cumulative}");
+    let _ =
+        writeln!(out, "# HELP lookalike_dataset_items Live items per dataset.\n# TYPE lookalike_dataset_items gauge");
+    for dataset in state.datasets() {
+        let items = dataset.catalog.read().map(|c| c.len()).unwrap_or(0);
+        let _ = writeln!(out, "lookalike_dataset_items{{dataset=\"{}\"}} {items}", dataset.name);
+    }
+    out
+}

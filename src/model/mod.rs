@@ -1,0 +1,103 @@
+//! The model: turns decoded images into L2-normalised embeddings.
+//!
+//! [`EmbeddingModel`] is the one type the rest of the service uses: the
+//! EfficientNet-Lite0 backbone ([`lite0`]) and, later, a trained projection
+//! head. Inputs come from [`preprocess`] (the single decoding path for ingest
+//! and queries); weights come from [`fetch`] and [`import`] at set-up time.
+//! A loaded model is immutable and `Send + Sync`; `embed` is CPU-heavy and
+//! blocking, so callers run it on a dedicated thread or `spawn_blocking`.
+
+pub mod depthwise;
+pub mod fetch;
+pub mod import;
+pub mod lite0;
+pub mod nhwc;
+pub mod preprocess;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use candle_core::Device;
+use sha2::{Digest, Sha256};
+
+use lite0::Lite0;
+
+/// Hex digits of the weights' sha256 kept in a model id.
+const ID_HASH_CHARS: usize = 12;
+/// Below this norm an embedding is treated as zero and left unscaled.
+const MIN_NORM: f32 = 1e-12;
+
+/// Backbone plus (later) a trained head, with the input size it expects.
+pub struct EmbeddingModel {
+    backbone: Lite0,
+    // A trained projection head goes here: `head: Option<Head>`, applied to
+    // the pooled feature in `embed` before normalisation, with `dim` and `id`
+    // reflecting it.
+    input_size: u32,
+    device: Device,
+    id: String,
+}
+
+impl EmbeddingModel {
+    /// Loads backbone weights (safetensors from [`import::import_weights`])
+    /// for inputs of `input_size`×`input_size` pixels.
+    pub fn load(weights: &Path, input_size: u32, device: &Device) -> Result<Self> {
+        ensure!(
+            input_size as usize >= lite0::MIN_INPUT_SIZE,
+            "input size {input_size} is below the minimum {}",
+            lite0::MIN_INPUT_SIZE
+        );
+        let bytes = std::fs::read(weights).with_context(|| format!("reading {}", weights.display()))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let id = format!("lite0-{}", &digest[..ID_HASH_CHARS]);
+        let backbone = Lite0::load(weights, device)?;
+        Ok(Self { backbone, input_size, device: device.clone(), id })
+    }
+
+    /// Length of an embedding.
+    pub fn dim(&self) -> usize {
+        lite0::FEATURE_DIM
+    }
+
+    /// Side of the square input, in pixels.
+    pub fn input_size(&self) -> u32 {
+        self.input_size
+    }
+
+    /// A short id that changes whenever the weights do.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Embeds a batch of inputs made by [`preprocess::to_input`] at
+    /// `input_size()`. Each row is L2-normalised (a zero row stays zero).
+    pub fn embed(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = preprocess::batch_tensor(inputs, self.input_size, &self.device)?;
+        let features = self.backbone.features(&x)?;
+        let rows: Vec<Vec<f32>> = features.to_device(&Device::Cpu)?.to_vec2()?;
+        Ok(rows.into_iter().map(l2_normalised).collect())
+    }
+}
+
+fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > MIN_NORM {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_guards_zero() {
+        assert_eq!(l2_normalised(vec![0.0, 0.0]), vec![0.0, 0.0]);
+        let v = l2_normalised(vec![3.0, 4.0]);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+    }
+}

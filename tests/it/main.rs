@@ -1,0 +1,7 @@
+//! End-to-end tests over real HTTP: one binary, shared helpers in `support`.
+
+mod archive;
+mod bad_input;
+mod embedder;
+mod fashion_e2e;
+mod support;
