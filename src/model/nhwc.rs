@@ -7,7 +7,7 @@
 //! backward pass (training uses [`super::depthwise`] in N×C×H×W). Work is
 //! split over rows on rayon's pool.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::depthwise::Padding;
@@ -15,17 +15,21 @@ use super::depthwise::Padding;
 /// Upper clamp of ReLU6.
 const RELU6_MAX: f32 = 6.0;
 
-/// `x + bias` over the last dimension, then ReLU6 when `relu6`.
-pub fn bias_act(x: &Tensor, bias: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
+/// `x + bias` over the last dimension, then ReLU6 when `relu6`. On CPU it
+/// overwrites `x`'s storage and returns it: pass only a tensor just produced
+/// and held nowhere else.
+pub(crate) fn bias_act(x: Tensor, bias: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
     let c = x.dim(candle_core::D::Minus1)?;
     if bias.dims() != [c] {
         bail!("bias {:?} does not fit channels-last {:?}", bias.dims(), x.dims());
     }
-    if !fast(x) {
+    if !fast(&x) {
         let y = x.broadcast_add(bias)?;
         return if relu6 { y.clamp(0f32, RELU6_MAX) } else { Ok(y) };
     }
-    x.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &BiasAct { relu6 })
+    let x = if x.is_contiguous() { x } else { x.contiguous()? };
+    x.inplace_op2(&bias.contiguous()?, &BiasAct { relu6 })?;
+    Ok(x)
 }
 
 /// Depthwise convolution of channels-last `x` (N×H×W×C) with `w` (kh×kw×C),
@@ -46,8 +50,13 @@ pub fn depthwise_bias_act(
     if !fast(x) {
         // Channels-first through the portable path, then back.
         let wf = w.permute((2, 0, 1))?.unsqueeze(1)?;
-        let y = super::depthwise::depthwise_conv2d(&x.permute((0, 3, 1, 2))?, &wf, stride, pad)?;
-        return bias_act(&y.permute((0, 2, 3, 1))?.contiguous()?, bias, relu6);
+        let y = super::depthwise::depthwise_conv2d(
+            &x.permute((0, 3, 1, 2))?.contiguous()?,
+            &wf.contiguous()?,
+            stride,
+            pad,
+        )?;
+        return bias_act(y.permute((0, 2, 3, 1))?.contiguous()?, bias, relu6);
     }
     let op = DepthwiseNhwc { stride, pad, relu6 };
     x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &bias.contiguous()?, &op)
@@ -69,36 +78,112 @@ fn activate(v: &mut [f32], relu6: bool) {
     }
 }
 
+/// Whether the AVX2+FMA copies of the kernels can run on this CPU.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows of `c` channels: `rows[i] = act(rows[i] + bias)`.
+#[inline(always)]
+fn bias_act_rows(rows: &mut [f32], bias: &[f32], relu6: bool) {
+    for row in rows.chunks_exact_mut(bias.len()) {
+        for (o, &b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+        activate(row, relu6);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn bias_act_rows_avx2(rows: &mut [f32], bias: &[f32], relu6: bool) {
+    bias_act_rows(rows, bias, relu6);
+}
+
+/// In-place bias and activation over rows of channels.
 struct BiasAct {
     relu6: bool,
 }
 
-impl CustomOp2 for BiasAct {
+impl InplaceOp2 for BiasAct {
     fn name(&self) -> &'static str {
         "nhwc-bias-act"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, bias) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
-        let c = bias.len();
-        let mut out = vec![0f32; x.len()];
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let bias = f32_data(s2, l2)?;
+        let Some((start, end)) = l1.contiguous_offsets() else { bail!("bias-act on a non-contiguous tensor") };
+        let CpuStorage::F32(x) = s1 else { bail!("bias-act wants f32") };
+        let c = bias.len().max(1);
+        let avx2 = has_avx2();
         // Chunks of whole rows, large enough to amortise the task overhead.
-        let rows_per_task = (1 << 14) / c.max(1) + 1;
-        out.par_chunks_mut(rows_per_task * c).zip(x.par_chunks(rows_per_task * c)).for_each(|(out, x)| {
-            for (o, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                for ((o, &x), &b) in o.iter_mut().zip(x).zip(bias) {
-                    *o = x + b;
-                }
-                activate(o, self.relu6);
+        let rows_per_task = (1 << 14) / c + 1;
+        x[start..end].par_chunks_mut(rows_per_task * c).for_each(|rows| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU supports AVX2 and FMA (checked by `has_avx2`).
+                return unsafe { bias_act_rows_avx2(rows, bias, self.relu6) };
             }
+            let _ = avx2;
+            bias_act_rows(rows, bias, self.relu6);
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok(())
+    }
+}
+
+/// What one output row of the channels-last depthwise kernel reads.
+struct DepthwiseRows<'a> {
+    x: &'a [f32],
+    filter: &'a [f32],
+    bias: &'a [f32],
+    dims: (usize, usize, usize),
+    kernel: (usize, usize),
+    out_rows: usize,
+    stride: usize,
+    pad: Padding,
+    relu6: bool,
+}
+
+impl DepthwiseRows<'_> {
+    /// Output row `row` (image `row / out_rows`, line `row % out_rows`).
+    #[inline(always)]
+    fn run(&self, row: usize, out_row: &mut [f32]) {
+        let ((h, w, c), (kh, kw), s, pad) = (self.dims, self.kernel, self.stride, self.pad);
+        let (img, oy) = (row / self.out_rows, row % self.out_rows);
+        let image = &self.x[img * h * w * c..(img + 1) * h * w * c];
+        // Filter rows whose input row is inside the image.
+        let ky_lo = pad.top.saturating_sub(oy * s);
+        let ky_hi = (h + pad.top).saturating_sub(oy * s).min(kh);
+        for (ox, acc) in out_row.chunks_exact_mut(c).enumerate() {
+            acc.copy_from_slice(self.bias);
+            let kx_lo = pad.left.saturating_sub(ox * s);
+            let kx_hi = (w + pad.left).saturating_sub(ox * s).min(kw);
+            for ky in ky_lo..ky_hi {
+                let iy = oy * s + ky - pad.top;
+                for kx in kx_lo..kx_hi {
+                    let ix = ox * s + kx - pad.left;
+                    let pixel = &image[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                    let tap = &self.filter[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
+                    for ((a, &v), &t) in acc.iter_mut().zip(pixel).zip(tap) {
+                        *a += v * t;
+                    }
+                }
+            }
+            activate(acc, self.relu6);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn run_avx2(&self, row: usize, out_row: &mut [f32]) {
+        self.run(row, out_row);
     }
 }
 
@@ -124,34 +209,30 @@ impl CustomOp3 for DepthwiseNhwc {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, h, w, c) = l1.shape().dims4()?;
         let (kh, kw, _) = l2.shape().dims3()?;
-        let (x, f, bias) = (f32_data(s1, l1)?, f32_data(s2, l2)?, f32_data(s3, l3)?);
         let (s, pad) = (self.stride, self.pad);
         let ho = (h + pad.top + pad.bottom - kh) / s + 1;
         let wo = (w + pad.left + pad.right - kw) / s + 1;
+        let rows = DepthwiseRows {
+            x: f32_data(s1, l1)?,
+            filter: f32_data(s2, l2)?,
+            bias: f32_data(s3, l3)?,
+            dims: (h, w, c),
+            kernel: (kh, kw),
+            out_rows: ho,
+            stride: s,
+            pad,
+            relu6: self.relu6,
+        };
+        let avx2 = has_avx2();
         let mut out = vec![0f32; n * ho * wo * c];
         out.par_chunks_exact_mut(wo * c).enumerate().for_each(|(row, out_row)| {
-            let (img, oy) = (row / ho, row % ho);
-            let image = &x[img * h * w * c..(img + 1) * h * w * c];
-            // Filter rows whose input row is inside the image.
-            let ky_lo = pad.top.saturating_sub(oy * s);
-            let ky_hi = (h + pad.top).saturating_sub(oy * s).min(kh);
-            for (ox, acc) in out_row.chunks_exact_mut(c).enumerate() {
-                acc.copy_from_slice(bias);
-                let kx_lo = pad.left.saturating_sub(ox * s);
-                let kx_hi = (w + pad.left).saturating_sub(ox * s).min(kw);
-                for ky in ky_lo..ky_hi {
-                    let iy = oy * s + ky - pad.top;
-                    for kx in kx_lo..kx_hi {
-                        let ix = ox * s + kx - pad.left;
-                        let pixel = &image[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                        let tap = &f[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
-                        for ((a, &v), &t) in acc.iter_mut().zip(pixel).zip(tap) {
-                            *a += v * t;
-                        }
-                    }
-                }
-                activate(acc, self.relu6);
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU supports AVX2 and FMA (checked by `has_avx2`).
+                return unsafe { rows.run_avx2(row, out_row) };
             }
+            let _ = avx2;
+            rows.run(row, out_row);
         });
         Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
     }
@@ -186,8 +267,8 @@ mod tests {
     fn bias_act_clamps() -> candle_core::Result<()> {
         let x = Tensor::new(&[[-1f32, 2.0, 7.0], [0.5, -3.0, 10.0]], &Device::Cpu)?;
         let b = Tensor::new(&[0.5f32, 0.0, -0.5], &Device::Cpu)?;
-        assert_eq!(bias_act(&x, &b, true)?.to_vec2::<f32>()?, [[0.0, 2.0, 6.0], [1.0, 0.0, 6.0]]);
-        assert_eq!(bias_act(&x, &b, false)?.to_vec2::<f32>()?, [[-0.5, 2.0, 6.5], [1.0, -3.0, 9.5]]);
+        assert_eq!(bias_act(x.copy()?, &b, true)?.to_vec2::<f32>()?, [[0.0, 2.0, 6.0], [1.0, 0.0, 6.0]]);
+        assert_eq!(bias_act(x.copy()?, &b, false)?.to_vec2::<f32>()?, [[-0.5, 2.0, 6.5], [1.0, -3.0, 9.5]]);
         Ok(())
     }
 }

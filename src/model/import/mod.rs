@@ -44,6 +44,9 @@ pub fn import_weights(pth: &Path, out: &Path) -> Result<usize> {
 /// folder, flushed to disk, then renamed over `out`.
 pub(crate) fn write_safetensors(tensors: &HashMap<String, Tensor>, out: &Path) -> Result<()> {
     let name = out.file_name().ok_or_else(|| anyhow!("{} has no file name", out.display()))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let tmp = out.with_file_name(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
     let written = candle_core::safetensors::save(tensors, &tmp)
         .with_context(|| format!("writing {}", tmp.display()))
@@ -123,6 +126,8 @@ fn materialise(t: &TensorRef, raw: &[u8]) -> Result<Tensor> {
     let numel = raw.len() / elem;
     ensure!(numel == t.storage_numel, "storage holds {numel} elements, the pickle says {}", t.storage_numel);
     let count: usize = t.size.iter().product();
+    // Only zero-stride (broadcast) views can hold more elements than their storage.
+    ensure!(count <= numel, "views with more elements than their storage are not supported");
     if count > 0 {
         let last = t
             .size

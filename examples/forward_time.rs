@@ -1,0 +1,75 @@
+//! Prints the forward time per image of the Lite0 backbone (pooled features)
+//! at a few input sizes and batch sizes, plus one depthwise layer against
+//! candle's grouped conv2d.
+//!
+//! Usage: `cargo run --release --example forward_time [-- WEIGHTS.safetensors]`;
+//! without an argument the legacy `.pth` from `$LOOKALIKE_ASSETS` is imported
+//! to a temporary file first.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use lookalike::model::depthwise::{Padding, depthwise_conv2d};
+use lookalike::model::lite0::Lite0;
+
+/// (input size, batch size) rows of the table.
+const RUNS: [(usize, usize); 5] = [(224, 1), (224, 32), (64, 32), (96, 32), (128, 32)];
+/// Images pushed through per row, at least (more for small batches).
+const MIN_IMAGES: usize = 64;
+/// Timed rounds per row, at least.
+const MIN_ROUNDS: usize = 5;
+/// Timed rounds of the single depthwise layer.
+const LAYER_ROUNDS: usize = 20;
+
+fn main() -> Result<()> {
+    let device = Device::Cpu;
+    let scratch = std::env::temp_dir().join(format!("forward-time-{}.safetensors", std::process::id()));
+    let weights = match std::env::args_os().nth(1) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let assets = std::env::var_os("LOOKALIKE_ASSETS")
+                .map_or_else(|| PathBuf::from("/var/tmp/lookalike-assets"), PathBuf::from);
+            let pth = assets.join("efficientnet-lite0-57934424.pth");
+            lookalike::model::import::import_weights(&pth, &scratch).context("run scripts/test-assets.sh first")?;
+            scratch.clone()
+        }
+    };
+    let model = Lite0::load(&weights, &device)?;
+    let _ = std::fs::remove_file(&scratch);
+
+    // The machine may be shared: report the best and the median of several rounds.
+    println!("threads: rayon {}", rayon::current_num_threads());
+    println!("{:>6} {:>6} {:>8} {:>16} {:>18}", "size", "batch", "rounds", "best ms/image", "median ms/image");
+    for (size, batch) in RUNS {
+        let x = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &device)?;
+        model.features(&x)?; // warm-up
+        let rounds = MIN_IMAGES.div_ceil(batch).max(MIN_ROUNDS);
+        let mut per_image: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let start = Instant::now();
+                model.features(&x).map(|_| start.elapsed().as_secs_f64() * 1e3 / batch as f64)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        per_image.sort_by(f64::total_cmp);
+        let (best, median) = (per_image[0], per_image[rounds / 2]);
+        println!("{size:>6} {batch:>6} {rounds:>8} {best:>16.2} {median:>18.2}");
+    }
+
+    // The layer that motivated the dedicated kernel: 5×5, 1152 channels, 7×7.
+    let x = Tensor::randn(0f32, 1f32, (1, 1152, 7, 7), &device)?;
+    let w = Tensor::randn(0f32, 1f32, (1152, 1, 5, 5), &device)?;
+    let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> Result<f64> {
+        f()?;
+        let start = Instant::now();
+        for _ in 0..LAYER_ROUNDS {
+            f()?;
+        }
+        Ok(start.elapsed().as_secs_f64() / LAYER_ROUNDS as f64 * 1e3)
+    };
+    let ours = time(&|| depthwise_conv2d(&x, &w, 1, Padding::uniform(2)))?;
+    let candle = time(&|| x.pad_with_zeros(2, 2, 2)?.pad_with_zeros(3, 2, 2)?.conv2d(&w, 0, 1, 1, 1152))?;
+    println!("depthwise 5x5 1152ch 7x7: ours {ours:.3} ms, candle conv2d {candle:.3} ms");
+    Ok(())
+}
