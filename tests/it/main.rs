@@ -4,4 +4,6 @@ mod archive;
 mod bad_input;
 mod embedder;
 mod fashion_e2e;
+mod items;
+mod jobs;
 mod support;
