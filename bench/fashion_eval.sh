@@ -5,7 +5,8 @@
 #   bash bench/fashion_eval.sh [CATALOGUE_PER_LABEL] [QUERIES_PER_LABEL] [INPUT_SIZE]
 #
 # 0 per label means the whole split (6,000 and 1,000 per label). Prints the
-# ingest result and the `lookalike eval` table; writes bench/out/*.json.
+# ingest result, the `lookalike eval` table (k = R, for MAP@R) and a latency
+# pass of ordinary k = 10 searches from one client; writes bench/out/*.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 per_label=${1:-0}
@@ -35,3 +36,6 @@ echo "== input size $input_size px, catalogue per label: ${per_label:-all}, quer
 curl -fs "http://127.0.0.1:$port/jobs?dataset=fashion" > "$out/ingest-$input_size.json"
 "$bin/lookalike" eval --dataset fashion --queries "$work/fmnist/queries" --server "http://127.0.0.1:$port" \
     --json "$out/eval-$input_size.json"
+echo "== ordinary searches (k = 10), one client at a time: latency"
+"$bin/lookalike" eval --dataset fashion --queries "$work/fmnist/queries" --server "http://127.0.0.1:$port" \
+    --k 10 --concurrency 1 --limit 2000 --json "$out/latency-$input_size.json"

@@ -3,6 +3,8 @@
 
 mod client;
 
+use client::EvalOptions;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -73,6 +75,11 @@ enum Command {
         /// Use at most this many queries (0: all).
         #[arg(long, default_value_t = 0)]
         limit: usize,
+        /// Results asked per query. Default: R (the query label's item count), at
+        /// least 10 and at most 1000, as MAP@R needs; a smaller k measures the
+        /// latency of ordinary searches and caps R at k.
+        #[arg(long)]
+        k: Option<usize>,
         /// Also write the figures as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -141,9 +148,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let client = client::Client::new(&settings, &server)?;
             runtime.block_on(client.search(&image, &dataset, k, label.as_deref()))
         }
-        Command::Eval { dataset, queries, concurrency, limit, json, server } => {
+        Command::Eval { dataset, queries, concurrency, limit, k, json, server } => {
             let client = client::Client::new(&settings, &server)?;
-            runtime.block_on(client.eval(&dataset, &queries, concurrency, limit, json.as_deref()))
+            runtime.block_on(client.eval(&dataset, &queries, EvalOptions { concurrency, limit, k }, json.as_deref()))
         }
     }
 }
