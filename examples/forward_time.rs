@@ -15,7 +15,7 @@ use lookalike::model::depthwise::{Padding, depthwise_conv2d};
 use lookalike::model::lite0::Lite0;
 
 /// (input size, batch size) rows of the table.
-const RUNS: [(usize, usize); 5] = [(224, 1), (224, 32), (64, 32), (96, 32), (128, 32)];
+const RUNS: [(usize, usize); 6] = [(224, 1), (224, 32), (64, 1), (64, 32), (96, 32), (128, 32)];
 /// Images pushed through per row, at least (more for small batches).
 const MIN_IMAGES: usize = 64;
 /// Timed rounds per row, at least.
