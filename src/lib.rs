@@ -22,3 +22,4 @@ pub mod model;
 pub mod prepare;
 pub mod server;
 pub mod storage;
+pub mod train;

@@ -1,0 +1,30 @@
+//! Training primitives for fine-tuning the embedding head with the triplet loss.
+//!
+//! This module owns the pieces of online triplet training that do not depend on the model, the
+//! data store or the job system:
+//! - [`distance`]: the differentiable pairwise distance matrix of a batch's embeddings;
+//! - [`miners`]: which triplets of a batch to train on ([`Mining`]: batch-hard, batch-all,
+//!   semi-hard, random);
+//! - [`losses`]: the hinge or soft-margin triplet loss over mined triplets, with its [`Reduction`];
+//! - [`sampler`]: P×K batches of item indices, optionally injecting offline-mined positives;
+//! - [`rng`]: the small seeded generator that makes sampling and random mining reproducible.
+//!
+//! A training step reads: draw a [`PkBatch`], embed its items, compute [`pairwise_distances`],
+//! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
+//! and back-propagate. Everything here is pure and single-threaded: no I/O, no global state, no
+//! locks; the same inputs and seed always give the same outputs.
+
+pub mod distance;
+pub mod losses;
+pub mod miners;
+pub mod rng;
+pub mod sampler;
+
+#[cfg(test)]
+mod tests;
+
+pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances};
+pub use losses::{Reduction, loss_value, triplet_loss};
+pub use miners::{Mining, MiningError, Triplet, batch_all, batch_hard, mine, random_triplets, semi_hard};
+pub use rng::TrainRng;
+pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
