@@ -207,8 +207,13 @@ impl AppState {
     }
 
     /// Saves every index changed by single-item writes; run periodically and at shutdown.
+    /// A dataset with a running job is left to that job, which saves when it ends:
+    /// saving a large index every interval in the middle of an ingest slows it down.
     pub fn save_dirty_indexes(&self) {
         for dataset in self.datasets() {
+            if self.jobs.active_for(&dataset.name).is_some() {
+                continue;
+            }
             if let Err(err) = dataset.save_if_dirty() {
                 tracing::error!(dataset = %dataset.name, error = %format!("{err:#}"), "saving index failed");
             }
