@@ -7,16 +7,20 @@
 //!   semi-hard, random);
 //! - [`losses`]: the hinge or soft-margin triplet loss over mined triplets, with its [`Reduction`];
 //! - [`sampler`]: P×K batches of item indices, optionally injecting offline-mined positives;
-//! - [`rng`]: the small seeded generator that makes sampling and random mining reproducible.
+//! - [`rng`]: the small seeded generator that makes sampling and random mining reproducible;
+//! - [`offline`]: hard positives and negatives mined once from the pretrained model's embeddings of
+//!   the whole training set, with the thresholds and histogram that chose them ([`MinedPairs`]).
 //!
 //! A training step reads: draw a [`PkBatch`], embed its items, compute [`pairwise_distances`],
 //! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
-//! and back-propagate. Everything here is pure and single-threaded: no I/O, no global state, no
-//! locks; the same inputs and seed always give the same outputs.
+//! and back-propagate. Everything here is pure: no I/O, no global state, no locks; the same inputs
+//! and seed always give the same outputs. All of it is single-threaded except [`mine_offline`],
+//! which spreads its rows over rayon's pool and merges them in a fixed order.
 
 pub mod distance;
 pub mod losses;
 pub mod miners;
+pub mod offline;
 pub mod rng;
 pub mod sampler;
 
@@ -26,5 +30,8 @@ mod tests;
 pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances};
 pub use losses::{Reduction, loss_value, triplet_loss};
 pub use miners::{Mining, MiningError, Triplet, batch_all, batch_hard, mine, random_triplets, semi_hard};
+pub use offline::{
+    DistanceHistogram, MinedPairs, MiningStats, OfflineMiningError, OfflineMiningParams, Thresholds, mine_offline,
+};
 pub use rng::TrainRng;
 pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
