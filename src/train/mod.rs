@@ -9,25 +9,33 @@
 //! - [`sampler`]: P×K batches of item indices, optionally injecting offline-mined positives;
 //! - [`rng`]: the small seeded generator that makes sampling and random mining reproducible;
 //! - [`offline`]: hard positives and negatives mined once from the pretrained model's embeddings of
-//!   the whole training set, with the thresholds and histogram that chose them ([`MinedPairs`]).
+//!   the whole training set, with the thresholds and histogram that chose them ([`MinedPairs`]);
+//! - [`head`]: the [`EmbeddingHead`], a linear layer from backbone features to L2-normalised
+//!   embeddings, seeded from [`TrainRng`] and saved as safetensors;
+//! - [`trainer`]: [`train_head`], the head-only training loop over cached backbone features, with
+//!   its [`TrainParams`], per-step [`StepReport`]s, cancellation and collapse guard.
 //!
 //! A training step reads: draw a [`PkBatch`], embed its items, compute [`pairwise_distances`],
 //! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
-//! and back-propagate. Everything here is pure: no I/O, no global state, no locks; the same inputs
-//! and seed always give the same outputs. All of it is single-threaded except [`mine_offline`],
+//! and back-propagate; [`train_head`] runs exactly that loop. Everything here is pure: no global
+//! state, no locks, no I/O except [`EmbeddingHead::save`] and [`EmbeddingHead::load`]; the same
+//! inputs and seed always give the same outputs. All of it is single-threaded except [`mine_offline`],
 //! which spreads its rows over rayon's pool and merges them in a fixed order.
 
 pub mod distance;
+pub mod head;
 pub mod losses;
 pub mod miners;
 pub mod offline;
 pub mod rng;
 pub mod sampler;
+pub mod trainer;
 
 #[cfg(test)]
 mod tests;
 
 pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances};
+pub use head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
 pub use losses::{Reduction, loss_value, triplet_loss};
 pub use miners::{Mining, MiningError, Triplet, batch_all, batch_hard, mine, random_triplets, semi_hard};
 pub use offline::{
@@ -35,3 +43,7 @@ pub use offline::{
 };
 pub use rng::TrainRng;
 pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
+pub use trainer::{
+    COLLAPSE_DISTANCE_GAP, COLLAPSE_LOSS_TOLERANCE, COLLAPSE_WINDOW, StepReport, TrainError, TrainParams, TrainedHead,
+    recall_at_1, train_head,
+};

@@ -1,0 +1,184 @@
+//! Head training on synthetic features with a hidden structure: class centroids live in a small
+//! subspace, and much larger per-item noise fills the other dimensions, so raw cosine retrieval is
+//! poor until the head learns to project the noise away.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use candle_core::Device;
+
+use super::*;
+
+const IN_DIM: usize = 48;
+/// Dimensions that carry the class centroid; the rest are noise.
+const SIGNAL_DIMS: usize = 6;
+const NOISE_STD: f32 = 0.9;
+const CENTROID_STD: f32 = 1.0;
+const WITHIN_CLASS_STD: f32 = 0.15;
+const ITEMS_PER_CLASS: usize = 8;
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut TrainRng) -> f32 {
+    let uniform = |rng: &mut TrainRng| ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let (u, v) = (uniform(rng), uniform(rng));
+    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+}
+
+/// `classes` classes of `ITEMS_PER_CLASS` items, labelled from `first_label`.
+fn dataset(classes: usize, first_label: u32, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = TrainRng::new(seed);
+    let (mut features, mut labels) = (Vec::new(), Vec::new());
+    for class in 0..classes {
+        let centroid: Vec<f32> = (0..SIGNAL_DIMS).map(|_| normal(&mut rng) * CENTROID_STD).collect();
+        for _ in 0..ITEMS_PER_CLASS {
+            features.extend(centroid.iter().map(|c| c + normal(&mut rng) * WITHIN_CLASS_STD));
+            features.extend((SIGNAL_DIMS..IN_DIM).map(|_| normal(&mut rng) * NOISE_STD));
+            labels.push(first_label + class as u32);
+        }
+    }
+    (features, labels)
+}
+
+fn params() -> TrainParams {
+    TrainParams {
+        epochs: 12,
+        learning_rate: 2e-2,
+        batch_classes: 4,
+        batch_per_class: 4,
+        input_dim: IN_DIM,
+        embedding_dim: 8,
+        seed: 3,
+        ..TrainParams::default()
+    }
+}
+
+fn keep_going(_: &StepReport) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
+
+fn mean(values: &[f32]) -> f32 {
+    values.iter().sum::<f32>() / values.len() as f32
+}
+
+#[test]
+fn defaults_are_documented_values_and_empty_json_gives_them() {
+    let defaults = TrainParams::default();
+    assert_eq!(defaults.mining, Mining::BatchHard);
+    assert_eq!((defaults.input_dim, defaults.embedding_dim), (1280, 128));
+    assert_eq!((defaults.batch_classes, defaults.batch_per_class, defaults.epochs), (8, 4, 10));
+    let parsed: TrainParams = serde_json::from_str("{}").expect("every field has a default");
+    assert_eq!(parsed, defaults);
+}
+
+#[test]
+fn training_beats_raw_features_on_held_out_classes_and_the_loss_falls() -> Result<(), TrainError> {
+    let (train_features, train_labels) = dataset(24, 0, 1);
+    let (test_features, test_labels) = dataset(12, 100, 2);
+    for params in [params(), TrainParams { mining: Mining::BatchAll, ..params() }] {
+        let mut reports = Vec::new();
+        let trained = train_head(&train_features, &train_labels, None, &params, &mut |report| {
+            reports.push(*report);
+            ControlFlow::Continue(())
+        })?;
+        assert_eq!(trained.steps, reports.len());
+        assert!(trained.losses.iter().all(|loss| loss.is_finite()));
+
+        let per_epoch = trained.steps / params.epochs;
+        let first = mean(&trained.losses[..per_epoch]);
+        let last = mean(&trained.losses[trained.steps - per_epoch..]);
+        assert!(last < 0.5 * first, "{}: loss {first} → {last}", params.mining);
+        let gap = |r: &StepReport| r.mean_negative_distance - r.mean_positive_distance;
+        assert!(gap(&reports[reports.len() - 1]) > gap(&reports[0]), "{}", params.mining);
+
+        let raw = recall_at_1(&test_features, IN_DIM, &test_labels);
+        let embedded = trained.head.embed_rows(&test_features, &Device::Cpu)?;
+        let learned = recall_at_1(&embedded, params.embedding_dim, &test_labels);
+        assert!(raw < 0.6, "the raw features should retrieve poorly: {raw}");
+        assert!(learned > raw + 0.25 && learned > 0.85, "{}: recall@1 {raw} → {learned}", params.mining);
+    }
+    Ok(())
+}
+
+#[test]
+fn offline_injection_trains_and_needs_the_mined_pairs() -> Result<(), TrainError> {
+    let (features, labels) = dataset(8, 0, 4);
+    let injected: HashMap<usize, usize> =
+        (0..labels.len()).map(|item| (item, item - item % ITEMS_PER_CLASS + (item + 1) % ITEMS_PER_CLASS)).collect();
+    let params = TrainParams { offline_injection: true, mining: Mining::Random, epochs: 3, ..params() };
+    assert_eq!(params.effective_mining(), Mining::BatchHard);
+    let trained = train_head(&features, &labels, Some(&injected), &params, &mut keep_going)?;
+    assert!(trained.steps > 0 && trained.final_loss.is_finite());
+    let missing = train_head(&features, &labels, None, &params, &mut keep_going);
+    assert!(matches!(missing, Err(TrainError::InvalidInput(_))), "{missing:?}");
+    Ok(())
+}
+
+#[test]
+fn same_inputs_and_seed_give_bit_identical_losses() -> Result<(), TrainError> {
+    let (features, labels) = dataset(8, 0, 5);
+    let params = TrainParams { epochs: 4, mining: Mining::Random, ..params() };
+    let run = || train_head(&features, &labels, None, &params, &mut keep_going);
+    let (first, again) = (run()?, run()?);
+    let bits = |losses: &[f32]| losses.iter().map(|loss| loss.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&first.losses), bits(&again.losses));
+    let other = train_head(&features, &labels, None, &TrainParams { seed: 4, ..params }, &mut keep_going)?;
+    assert_ne!(bits(&first.losses), bits(&other.losses));
+    Ok(())
+}
+
+#[test]
+fn the_observer_cancels_training() {
+    let (features, labels) = dataset(8, 0, 6);
+    let mut seen = 0;
+    let result = train_head(&features, &labels, None, &params(), &mut |report| {
+        seen += 1;
+        if report.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    assert!(matches!(result, Err(TrainError::Canceled { steps: 3 })), "{result:?}");
+    assert_eq!(seen, 3);
+}
+
+#[test]
+fn identical_or_zero_features_trip_the_collapse_guard_without_nan() {
+    let labels: Vec<u32> = (0..16u32).flat_map(|class| [class; 4]).collect();
+    let params = TrainParams { epochs: 20, input_dim: 8, ..params() };
+    for value in [0.5f32, 0.0] {
+        let features = vec![value; labels.len() * params.input_dim];
+        let mut reports = Vec::new();
+        let result = train_head(&features, &labels, None, &params, &mut |report| {
+            reports.push(*report);
+            ControlFlow::Continue(())
+        });
+        let Err(TrainError::Collapsed { step, mean_positive_distance, mean_negative_distance, loss, .. }) = result
+        else {
+            panic!("features all {value}: expected a collapse, got {result:?}");
+        };
+        assert_eq!(step + 1, COLLAPSE_WINDOW, "features all {value}");
+        assert!([mean_positive_distance, mean_negative_distance, loss].iter().all(|x| x.is_finite()));
+        assert!((loss - params.margin).abs() < COLLAPSE_LOSS_TOLERANCE);
+        assert!(reports.iter().all(|r| r.loss.is_finite() && r.mean_positive_distance.is_finite()));
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let (features, labels) = dataset(4, 0, 7);
+    let short = train_head(&features[1..], &labels, None, &params(), &mut keep_going);
+    assert!(matches!(short, Err(TrainError::InvalidInput(_))), "{short:?}");
+    let one_class = TrainParams { batch_classes: 1, ..params() };
+    assert!(matches!(
+        train_head(&features, &labels, None, &one_class, &mut keep_going),
+        Err(TrainError::InvalidInput(_))
+    ));
+    let too_many = TrainParams { batch_classes: 5, ..params() };
+    assert!(matches!(train_head(&features, &labels, None, &too_many, &mut keep_going), Err(TrainError::Sampler(_))));
+}
+
+#[test]
+fn recall_at_1_counts_nearest_neighbours_with_the_same_label() {
+    // Two tight pairs, and a third item of label 0 nearest to label 1.
+    let vectors = [1.0, 0.0, 0.9, 0.1, 0.0, 1.0, 0.1, 0.9, -0.5, 1.0];
+    let labels = [0, 0, 1, 1, 0];
+    assert!((recall_at_1(&vectors, 2, &labels) - 0.8).abs() < 1e-6);
+    assert_eq!(recall_at_1(&vectors[..4], 2, &[0, 1]), 0.0, "no item has a same-label neighbour");
+}
