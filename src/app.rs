@@ -137,8 +137,10 @@ impl AppState {
             let state = self.clone();
             let name = dataset.name.clone();
             let loaded = tokio::task::spawn_blocking(move || state.restore_dataset(&name, &items)).await??;
-            if dataset.status == STATUS_INGESTING && self.jobs.active_for(&dataset.name).is_none() {
-                // Its ingest job will run again only if still queued; otherwise it failed.
+            if dataset.status == STATUS_INGESTING {
+                // No job runs yet: one left running was failed in `open`. Still
+                // ingesting without a queued job means the process stopped between
+                // creating the dataset and queueing its job.
                 let queued = self
                     .db
                     .list_jobs(

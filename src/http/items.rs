@@ -60,6 +60,7 @@ pub async fn add(
     if state.db.get_item(&name, &item_id).await?.is_some() {
         return Err(item_exists(&item_id));
     }
+    let image = axum::body::Bytes::from(image);
     let prepared = super::search::prepare_upload(&state, image.clone()).await?;
     let vector = super::search::embed(&state, prepared.input).await?;
     let key = BlobStore::new_key(&name);

@@ -58,7 +58,8 @@ pub async fn search(
         while let Some(field) = multipart.next_field().await? {
             match field.name() {
                 Some("image") => {
-                    image = Some(read_field(field, state.settings.limits.max_image_bytes, "the image").await?)
+                    image =
+                        Some(Bytes::from(read_field(field, state.settings.limits.max_image_bytes, "the image").await?))
                 }
                 Some("dataset") => params.dataset = Some(read_text(field, "dataset").await?),
                 Some("k") => params.k = Some(read_text(field, "k").await?),
@@ -79,7 +80,7 @@ pub async fn search(
         if body.len() as u64 > max {
             return Err(AppError::too_large(format!("the image is larger than the {max} bytes allowed")));
         }
-        body.to_vec()
+        body
     } else {
         return Err(AppError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -122,14 +123,15 @@ pub async fn similar(
         })?;
     let blobs = state.blobs.clone();
     let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
-    let prepared = prepare_upload(&state, bytes).await?;
+    let prepared = prepare_upload(&state, Bytes::from(bytes)).await?;
     let label = params.label.filter(|l| !l.is_empty());
     let response = run_search(&state, &name, prepared.input, k, label, Some(record.seq), started).await?;
     Ok(Json(response))
 }
 
 /// Decodes an uploaded image on a blocking thread; bad bytes are a 4xx.
-pub async fn prepare_upload(state: &AppState, bytes: Vec<u8>) -> AppResult<Prepared> {
+/// `Bytes` so a caller that also stores the image shares it instead of copying.
+pub async fn prepare_upload(state: &AppState, bytes: Bytes) -> AppResult<Prepared> {
     let max_pixels = state.settings.limits.max_image_pixels;
     let input_size = state.embedder.model().input_size;
     let prepared = tokio::task::spawn_blocking(move || prepare(&bytes, max_pixels, input_size))

@@ -18,7 +18,7 @@ pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "gif", "b
 /// Name of the optional label file at the archive root.
 pub const LABELS_CSV: &str = "labels.csv";
 /// Most skipped entries whose reason is kept one by one (all are counted).
-const MAX_SKIP_REASONS: usize = 100;
+pub const MAX_SKIP_REASONS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

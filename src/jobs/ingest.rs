@@ -112,7 +112,7 @@ impl Run<'_> {
     fn skip(&mut self, path: &str, reason: String) {
         self.skipped_count += 1;
         self.done += 1;
-        if self.skipped.len() < 100 {
+        if self.skipped.len() < archive::MAX_SKIP_REASONS {
             self.skipped.push(Skipped { path: path.to_owned(), reason });
         }
     }
