@@ -63,10 +63,14 @@ impl Client {
         } else {
             (source.to_path_buf(), None)
         };
-        let bytes = tokio::fs::read(&archive).await.with_context(|| format!("cannot read {}", archive.display()))?;
+        // Streamed from disk: a catalogue can be far larger than memory.
+        let file =
+            tokio::fs::File::open(&archive).await.with_context(|| format!("cannot read {}", archive.display()))?;
+        let length = file.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         let file_name = archive.file_name().and_then(|n| n.to_str()).unwrap_or("catalogue.zip").to_owned();
-        let form =
-            Form::new().text("name", dataset.to_owned()).part("archive", Part::bytes(bytes).file_name(file_name));
+        let part = Part::stream_with_length(body, length).file_name(file_name);
+        let form = Form::new().text("name", dataset.to_owned()).part("archive", part);
         let answer = self.json(self.request(reqwest::Method::POST, "/datasets").multipart(form)).await?;
         let job_id = answer["job"]["id"].as_str().context("no job id in the answer")?.to_owned();
         let bar = ProgressBar::new(1000);
