@@ -4,8 +4,9 @@
 //! `epochs` passes of P×K batches from a [`PkSampler`]. Each step embeds the batch's rows through
 //! the head, computes [`pairwise_distances`], [`mine`]s triplets on [`distances_to_vec`], takes the
 //! [`triplet_loss`] with the mode's [`Reduction`](super::Reduction) and makes one AdamW step. After
-//! each step the caller's observer gets a [`StepReport`]: it can record the loss curve and cancel
-//! the run by returning [`ControlFlow::Break`].
+//! each step the caller's observer gets a [`StepReport`] and the head as that step left it: it can
+//! record the loss curve, evaluate the head as a checkpoint (for quality against training steps),
+//! and cancel the run by returning [`ControlFlow::Break`].
 //!
 //! # Collapse guard
 //!
@@ -175,7 +176,7 @@ pub fn train_head(
     labels: &[u32],
     injected: Option<&HashMap<usize, usize>>,
     params: &TrainParams,
-    observer: &mut dyn FnMut(&StepReport) -> ControlFlow<()>,
+    observer: &mut dyn FnMut(&StepReport, &EmbeddingHead) -> ControlFlow<()>,
 ) -> Result<TrainedHead, TrainError> {
     validate(features, labels, params)?;
     let shape = PkShape { labels_per_batch: params.batch_classes, items_per_label: params.batch_per_class };
@@ -229,7 +230,7 @@ pub fn train_head(
                 mean_negative_distance,
                 active_triplets,
             };
-            if observer(&report).is_break() {
+            if observer(&report, &head).is_break() {
                 return Err(TrainError::Canceled { steps: losses.len() });
             }
             guard.check(&report)?;

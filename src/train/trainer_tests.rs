@@ -52,7 +52,7 @@ fn params() -> TrainParams {
     }
 }
 
-fn keep_going(_: &StepReport) -> ControlFlow<()> {
+fn keep_going(_: &StepReport, _: &EmbeddingHead) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
@@ -76,7 +76,7 @@ fn training_beats_raw_features_on_held_out_classes_and_the_loss_falls() -> Resul
     let (test_features, test_labels) = dataset(12, 100, 2);
     for params in [params(), TrainParams { mining: Mining::BatchAll, ..params() }] {
         let mut reports = Vec::new();
-        let trained = train_head(&train_features, &train_labels, None, &params, &mut |report| {
+        let trained = train_head(&train_features, &train_labels, None, &params, &mut |report, _| {
             reports.push(*report);
             ControlFlow::Continue(())
         })?;
@@ -134,12 +134,28 @@ fn same_inputs_and_seed_give_bit_identical_losses() -> Result<(), TrainError> {
 fn the_observer_cancels_training() {
     let (features, labels) = dataset(8, 0, 6);
     let mut seen = 0;
-    let result = train_head(&features, &labels, None, &params(), &mut |report| {
+    let result = train_head(&features, &labels, None, &params(), &mut |report, _| {
         seen += 1;
         if report.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     });
     assert!(matches!(result, Err(TrainError::Canceled { steps: 3 })), "{result:?}");
     assert_eq!(seen, 3);
+}
+
+#[test]
+fn the_observer_sees_the_head_as_each_step_left_it() -> Result<(), TrainError> {
+    let (features, labels) = dataset(8, 0, 8);
+    let params = TrainParams { epochs: 2, ..params() };
+    let mut seen = Vec::new();
+    let trained = train_head(&features, &labels, None, &params, &mut |_, head| {
+        seen.push(head.embed_rows(&features[..IN_DIM], &Device::Cpu).map_err(TrainError::Tensor));
+        ControlFlow::Continue(())
+    })?;
+    let seen = seen.into_iter().collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(seen.len(), trained.steps);
+    assert_ne!(seen[0], seen[seen.len() - 1], "the head changes between steps");
+    assert_eq!(seen[seen.len() - 1], trained.head.embed_rows(&features[..IN_DIM], &Device::Cpu)?);
+    Ok(())
 }
 
 #[test]
@@ -149,7 +165,7 @@ fn identical_or_zero_features_trip_the_collapse_guard_without_nan() {
     for value in [0.5f32, 0.0] {
         let features = vec![value; labels.len() * params.input_dim];
         let mut reports = Vec::new();
-        let result = train_head(&features, &labels, None, &params, &mut |report| {
+        let result = train_head(&features, &labels, None, &params, &mut |report, _| {
             reports.push(*report);
             ControlFlow::Continue(())
         });
