@@ -12,6 +12,8 @@
 //!   the whole training set, with the thresholds and histogram that chose them ([`MinedPairs`]);
 //! - [`head`]: the [`EmbeddingHead`], a linear layer from backbone features to L2-normalised
 //!   embeddings, seeded from [`TrainRng`] and saved as safetensors;
+//! - [`plot`]: PNG charts of a job's artifacts: the mined distance histogram with its thresholds,
+//!   MAP@R lines per mining mode and the loss curve;
 //! - [`retrieval`]: exact Recall@K and MAP@R of queries against a gallery, for evaluating heads
 //!   without the server;
 //! - [`trainer`]: [`train_head`], the head-only training loop over cached backbone features, with
@@ -29,6 +31,7 @@ pub mod head;
 pub mod losses;
 pub mod miners;
 pub mod offline;
+pub mod plot;
 pub mod retrieval;
 pub mod rng;
 pub mod sampler;
