@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::db::datasets::{STATUS_FAILED, STATUS_INGESTING};
 use crate::embedder::{Embedder, EmbedderSettings};
-use crate::generation::{DatasetState, Generation};
+use crate::generation::{DatasetState, Generation, ModelHandle};
 use crate::jobs::JobQueue;
 use crate::metrics::Metrics;
 use crate::model::EmbeddingModel;
@@ -55,11 +55,16 @@ impl AppState {
             std::fs::create_dir_all(settings.data_dir.join(dir))?;
         }
         let db = Db::open(&settings.database_url()).await?;
-        for job in db.fail_interrupted_jobs().await? {
+        let (failed, requeued) =
+            db.recover_interrupted_jobs(crate::jobs::RESUMABLE_KINDS, settings.jobs.max_attempts).await?;
+        for job in failed {
             tracing::warn!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job interrupted by a restart: failed");
             if job.kind == "ingest" {
                 db.set_dataset_status(&job.dataset, STATUS_FAILED).await?;
             }
+        }
+        for job in requeued {
+            tracing::warn!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job interrupted by a restart: resumed");
         }
         let (weights, _) = settings.weights_path();
         let input_size = settings.model.input_size;
@@ -122,11 +127,36 @@ impl AppState {
         self.datasets.write().unwrap_or_else(|e| e.into_inner()).remove(name)
     }
 
-    /// A new, empty serving state for a dataset, using the current model.
+    /// A new, empty serving state for a dataset, using the pretrained model.
     pub fn new_dataset_state(&self, name: &str) -> Arc<DatasetState> {
-        let model = self.embedder.model();
-        let generation = Generation::empty(&model.id, model.dim, self.settings.index.params.clone());
+        self.empty_dataset_state(name, ModelHandle::pretrained(&self.embedder.model().id))
+    }
+
+    fn empty_dataset_state(&self, name: &str, model: ModelHandle) -> Arc<DatasetState> {
+        let generation = Generation::empty(model, self.embedder.model().dim, self.settings.index.params.clone());
         Arc::new(DatasetState::new(name, &self.indexes_dir(), generation))
+    }
+
+    /// The model a dataset should serve with: its active one, or the
+    /// pretrained backbone when that cannot be used (recorded as active).
+    async fn active_model(&self, dataset: &str) -> anyhow::Result<ModelHandle> {
+        let backbone = self.embedder.model().id.clone();
+        self.db.ensure_pretrained_model(dataset, &backbone, self.embedder.model().dim).await?;
+        let Some(active) = self.db.active_model(dataset).await? else {
+            anyhow::bail!("dataset {dataset} has no active model");
+        };
+        if active.backbone != backbone {
+            tracing::warn!(dataset, model = %active.id, backbone = %active.backbone, loaded = %backbone,
+                "the active model was trained on another backbone: serving the pretrained model");
+        } else {
+            match crate::models::load_handle(self.data_dir(), dataset, &active) {
+                Ok(model) => return Ok(model),
+                Err(err) => tracing::error!(dataset, model = %active.id, error = %format!("{err:#}"),
+                    "the active model cannot be loaded: serving the pretrained model"),
+            }
+        }
+        self.db.activate_model(dataset, &backbone).await?;
+        Ok(ModelHandle::pretrained(&backbone))
     }
 
     /// Loads every dataset's catalogue and index, then marks the server ready.
@@ -134,9 +164,10 @@ impl AppState {
         for dataset in self.db.list_datasets().await? {
             let started = std::time::Instant::now();
             let items = self.db.all_items(&dataset.name).await?;
+            let model = self.active_model(&dataset.name).await?;
             let state = self.clone();
             let name = dataset.name.clone();
-            let loaded = tokio::task::spawn_blocking(move || state.restore_dataset(&name, &items)).await??;
+            let loaded = tokio::task::spawn_blocking(move || state.restore_dataset(&name, model, &items)).await??;
             if dataset.status == STATUS_INGESTING {
                 // No job runs yet: one left running was failed in `open`. Still
                 // ingesting without a queued job means the process stopped between
@@ -166,11 +197,15 @@ impl AppState {
     }
 
     /// Blocking: the saved index (or a new one), caught up with `items`.
-    fn restore_dataset(&self, name: &str, items: &[crate::db::items::ItemRecord]) -> anyhow::Result<Arc<DatasetState>> {
-        let empty = self.new_dataset_state(name);
-        let model_id = self.embedder.model().id.clone();
-        let dir = empty.index_dir(&model_id);
-        let state = match Generation::load(&dir) {
+    fn restore_dataset(
+        &self,
+        name: &str,
+        model: ModelHandle,
+        items: &[crate::db::items::ItemRecord],
+    ) -> anyhow::Result<Arc<DatasetState>> {
+        let empty = self.empty_dataset_state(name, model.clone());
+        let dir = empty.index_dir(&model.id);
+        let state = match Generation::load(&dir, model) {
             Ok(generation) => Arc::new(DatasetState::new(name, &self.indexes_dir(), generation)),
             Err(err) => {
                 if dir.exists() {

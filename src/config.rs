@@ -30,6 +30,8 @@ pub struct Settings {
     pub index: IndexSettings,
     pub limits: Limits,
     pub jobs: JobSettings,
+    /// Defaults of a finetune job's params.
+    pub finetune: crate::jobs::finetune::FinetuneParams,
     pub auth: AuthSettings,
 }
 
@@ -78,6 +80,7 @@ pub struct Limits {
 #[derive(Debug, Clone, Deserialize)]
 pub struct JobSettings {
     pub ingest_chunk: usize,
+    pub max_attempts: i64,
 }
 
 #[derive(Clone, Deserialize)]

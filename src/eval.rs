@@ -8,9 +8,9 @@
 //!
 //! The dataset figures are the means over queries. Pure functions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub recall_at_1: f64,
     pub recall_at_5: f64,

@@ -3,7 +3,11 @@
 //!
 //! The generation sits behind an `ArcSwap`: a request takes one snapshot and
 //! uses it from start to end, and a swap (a new model with the index built
-//! with it) is one `store()`. The catalogue maps index ids (`seq`) to items;
+//! with it) is one `store()`. Every generation reads the same backbone
+//! features (the embedder's output); a fine-tuned one maps them through its
+//! trained head ([`Projection`]) before they touch its index, so a query and
+//! the index it searches are always embedded by the same model. The methods
+//! of [`Generation`] take backbone features and project them themselves. The catalogue maps index ids (`seq`) to items;
 //! an id missing from it (a deleted item) is never returned, whatever the
 //! index still holds. Readers take the catalogue's read lock briefly; ingest
 //! and item writes take the write lock briefly.
@@ -11,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::items::ItemRecord;
 use crate::index::{IndexParams, Neighbour, VectorIndex};
+use crate::model::projection::Projection;
 
 /// One live item as search needs it.
 #[derive(Debug, Clone)]
@@ -82,6 +87,11 @@ impl Catalog {
         self.items.is_empty()
     }
 
+    /// Index ids of all live items, in no particular order.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.items.keys().copied()
+    }
+
     /// How many live items carry `label` (all items when `None`).
     pub fn matching(&self, label: Option<&str>) -> usize {
         match label {
@@ -95,6 +105,10 @@ impl Catalog {
 /// items, which are embedded by this same model.
 pub struct Generation {
     pub model_id: String,
+    /// The backbone whose features this generation reads.
+    pub backbone: String,
+    /// The trained head; `None` for the pretrained backbone, whose features are the embeddings.
+    pub head: Option<Arc<Projection>>,
     pub index: VectorIndex,
     /// Highest item `seq` whose vector is in `index`.
     covered_seq: AtomicU64,
@@ -103,25 +117,50 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn new(model_id: &str, index: VectorIndex, covered_seq: u64) -> Self {
+    pub fn new(model: ModelHandle, index: VectorIndex, covered_seq: u64) -> Self {
         Self {
-            model_id: model_id.to_owned(),
+            model_id: model.id,
+            backbone: model.backbone,
+            head: model.head,
             index,
             covered_seq: AtomicU64::new(covered_seq),
             dirty: AtomicBool::new(false),
         }
     }
 
-    pub fn empty(model_id: &str, dim: usize, params: IndexParams) -> Self {
-        Self::new(model_id, VectorIndex::new(dim, 1024, params), 0)
+    /// An empty index for `model`, whose embeddings have `model.dim()` values.
+    pub fn empty(model: ModelHandle, backbone_dim: usize, params: IndexParams) -> Self {
+        let dim = model.dim(backbone_dim);
+        Self::new(model, VectorIndex::new(dim, 1024, params), 0)
     }
 
-    /// Adds vectors of new items; `seq`s must be above every one added before.
+    /// The model this generation embeds with.
+    pub fn model(&self) -> ModelHandle {
+        ModelHandle { id: self.model_id.clone(), backbone: self.backbone.clone(), head: self.head.clone() }
+    }
+
+    /// The search embedding of a backbone feature vector.
+    pub fn embed(&self, feature: &[f32]) -> Vec<f32> {
+        match &self.head {
+            Some(head) => head.project(feature),
+            None => feature.to_vec(),
+        }
+    }
+
+    /// Adds new items by their backbone features; `seq`s must be new to this index.
     pub fn append(&self, items: &[(u64, Vec<f32>)]) {
         if items.is_empty() {
             return;
         }
-        self.index.insert_batch(items);
+        match &self.head {
+            Some(head) => {
+                let features: Vec<Vec<f32>> = items.iter().map(|(_, f)| f.clone()).collect();
+                let embedded: Vec<(u64, Vec<f32>)> =
+                    items.iter().map(|(seq, _)| *seq).zip(head.project_many(&features)).collect();
+                self.index.insert_batch(&embedded);
+            }
+            None => self.index.insert_batch(items),
+        }
         let top = items.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
         self.covered_seq.fetch_max(top, Ordering::SeqCst);
         self.dirty.store(true, Ordering::SeqCst);
@@ -135,7 +174,8 @@ impl Generation {
         self.dirty.load(Ordering::SeqCst)
     }
 
-    /// Searches for the `k` nearest live items passing the label filter.
+    /// Searches for the `k` nearest live items passing the label filter;
+    /// `query` is the query image's backbone feature vector.
     pub fn search(
         &self,
         catalog: &Catalog,
@@ -147,7 +187,8 @@ impl Generation {
         let live = |seq: u64| catalog.get(seq).is_some_and(|item| label.is_none_or(|l| &*item.label == l));
         let keep = |seq: u64| Some(seq) != exclude && live(seq);
         let matching = catalog.matching(label) - usize::from(exclude.is_some_and(live));
-        let found: Vec<Neighbour> = self.index.search(query, k, &keep, matching);
+        let query = self.embed(query);
+        let found: Vec<Neighbour> = self.index.search(&query, k, &keep, matching);
         let mut seen = std::collections::HashSet::new();
         found
             .into_iter()
@@ -185,12 +226,19 @@ impl Generation {
         result
     }
 
-    /// Loads a generation saved by `save`.
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+    /// Loads the index of `model` saved by `save` in `dir`.
+    pub fn load(dir: &Path, model: ModelHandle) -> anyhow::Result<Self> {
         let meta: IndexMeta = serde_json::from_slice(&std::fs::read(dir.join(META_FILE))?)
             .with_context(|| format!("bad {META_FILE} in {}", dir.display()))?;
+        anyhow::ensure!(
+            meta.model_id == model.id,
+            "the index in {} was built with model {}, not {}",
+            dir.display(),
+            meta.model_id,
+            model.id
+        );
         let index = VectorIndex::load(&dir.join("hnsw"))?;
-        Ok(Self::new(&meta.model_id, index, meta.covered_seq))
+        Ok(Self::new(model, index, meta.covered_seq))
     }
 }
 
@@ -202,11 +250,35 @@ struct IndexMeta {
     covered_seq: u64,
 }
 
+/// A model as a generation uses it: its id, its backbone, and its head if it has one.
+#[derive(Clone)]
+pub struct ModelHandle {
+    pub id: String,
+    pub backbone: String,
+    pub head: Option<Arc<Projection>>,
+}
+
+impl ModelHandle {
+    /// The pretrained backbone on its own.
+    pub fn pretrained(backbone: &str) -> Self {
+        Self { id: backbone.to_owned(), backbone: backbone.to_owned(), head: None }
+    }
+
+    /// Length of this model's embeddings, given the backbone's.
+    pub fn dim(&self, backbone_dim: usize) -> usize {
+        self.head.as_ref().map_or(backbone_dim, |h| h.out_dim())
+    }
+}
+
 /// A dataset being served.
 pub struct DatasetState {
     pub name: String,
     pub catalog: RwLock<Catalog>,
     pub generation: ArcSwap<Generation>,
+    /// Held by whoever adds items to the current generation (ingest, item
+    /// uploads) and by a swap, so that no item is added to a generation
+    /// that is being replaced: a swap adds what the new one lacks under it.
+    pub writer: Mutex<()>,
     index_root: PathBuf,
 }
 
@@ -216,6 +288,7 @@ impl DatasetState {
             name: name.to_owned(),
             catalog: RwLock::new(Catalog::default()),
             generation: ArcSwap::from_pointee(generation),
+            writer: Mutex::new(()),
             index_root: index_root.join(name),
         }
     }

@@ -22,6 +22,10 @@ pub struct Job {
     pub params: Value,
     pub result: Option<Value>,
     pub artifacts: Vec<String>,
+    /// The current stage's figures (a finetune job's epoch, step and loss, ...); `null` when none.
+    pub detail: Option<Value>,
+    /// How many times the job was started (more than once when it was resumed after a restart).
+    pub attempts: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +70,8 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Job, sqlx::Error> {
         params: json("params")?.unwrap_or(Value::Null),
         result: json("result")?,
         artifacts,
+        detail: json("detail")?,
+        attempts: row.try_get("attempts")?,
     })
 }
 
@@ -111,7 +117,8 @@ impl Db {
     /// The oldest queued job, marked running (one scheduler calls this).
     pub async fn start_next_job(&self) -> Result<Option<Job>, sqlx::Error> {
         let row = sqlx::query(
-            "UPDATE jobs SET status = 'running', started_at = ?, stage = 'starting'
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), stage = 'starting',
+                attempts = attempts + 1
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1)
              RETURNING *",
         )
@@ -129,6 +136,41 @@ impl Db {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Like `set_job_progress`, with the stage's figures.
+    pub async fn set_job_detail(
+        &self,
+        id: &str,
+        stage: &str,
+        progress: f64,
+        detail: &Value,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE jobs SET stage = ?, progress = ?, detail = ? WHERE id = ? AND status = 'running'")
+            .bind(stage)
+            .bind(progress.clamp(0.0, 1.0))
+            .bind(detail.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Lists a file the job wrote under its artifacts folder.
+    pub async fn add_job_artifact(&self, id: &str, file: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let text: String =
+            sqlx::query_scalar("SELECT artifacts FROM jobs WHERE id = ?").bind(id).fetch_one(&mut *tx).await?;
+        let mut files: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_owned());
+        }
+        sqlx::query("UPDATE jobs SET artifacts = ? WHERE id = ?")
+            .bind(serde_json::to_string(&files).unwrap_or_else(|_| "[]".into()))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Ends a job: `status` is succeeded, failed or canceled.
@@ -169,17 +211,51 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// At start-up: jobs left running by a stopped process are failed with a reason.
-    pub async fn fail_interrupted_jobs(&self) -> Result<Vec<Job>, sqlx::Error> {
-        let rows = sqlx::query(
-            "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error_code = 'interrupted',
-                error_message = 'the server stopped while this job was running; resuming is not supported for this kind'
-             WHERE status = 'running' RETURNING *",
-        )
-        .bind(super::now())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(from_row).collect()
+    /// At start-up: jobs left running by a stopped process. Those of the
+    /// `resumable` kinds started fewer than `max_attempts` times are queued
+    /// again (they resume from their checkpoints); the others are failed with
+    /// a reason. Returns the failed jobs and the requeued ones.
+    pub async fn recover_interrupted_jobs(
+        &self,
+        resumable: &[&str],
+        max_attempts: i64,
+    ) -> Result<(Vec<Job>, Vec<Job>), sqlx::Error> {
+        let running: Vec<Job> = sqlx::query("SELECT * FROM jobs WHERE status = 'running'")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect::<Result<_, _>>()?;
+        let (mut failed, mut requeued) = (Vec::new(), Vec::new());
+        for job in running {
+            if resumable.contains(&job.kind.as_str()) && job.attempts < max_attempts {
+                sqlx::query("UPDATE jobs SET status = 'queued', stage = 'resuming' WHERE id = ?")
+                    .bind(&job.id)
+                    .execute(&self.pool)
+                    .await?;
+                requeued.push(job);
+            } else {
+                let message = if resumable.contains(&job.kind.as_str()) {
+                    format!(
+                        "the server stopped while this job was running, {} times; it is not resumed again",
+                        job.attempts
+                    )
+                } else {
+                    "the server stopped while this job was running; resuming is not supported for this kind".to_owned()
+                };
+                sqlx::query(
+                    "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error_code = 'interrupted',
+                        error_message = ? WHERE id = ?",
+                )
+                .bind(super::now())
+                .bind(message)
+                .bind(&job.id)
+                .execute(&self.pool)
+                .await?;
+                failed.push(job);
+            }
+        }
+        Ok((failed, requeued))
     }
 
     /// Queued jobs of a dataset that is being deleted are canceled.

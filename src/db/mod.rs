@@ -6,6 +6,7 @@
 pub mod datasets;
 pub mod items;
 pub mod jobs;
+pub mod models;
 
 use std::str::FromStr;
 use std::time::Duration;

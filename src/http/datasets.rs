@@ -76,6 +76,7 @@ pub async fn create(
     if !state.db.insert_dataset(&name, STATUS_INGESTING, &model).await? {
         return Err(name_taken(&name));
     }
+    state.db.ensure_pretrained_model(&name, &model, state.embedder.model().dim).await?;
     state.add_dataset(state.new_dataset_state(&name));
     let params = json!({
         "archive": file_name,
@@ -153,18 +154,6 @@ pub async fn labels(State(state): State<AppState>, AppPath(name): AppPath<String
     Ok(Json(json!({ "labels": labels })))
 }
 
-/// The model generations of a dataset. Until fine-tuning lands there is one:
-/// the pretrained backbone.
-pub async fn models(State(state): State<AppState>, AppPath(name): AppPath<String>) -> AppResult<Json<Value>> {
-    let dataset = state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
-    let models: Vec<Value> = dataset
-        .model
-        .iter()
-        .map(|id| json!({"id": id, "parent": null, "created_at": dataset.created_at, "active": true, "eval": null}))
-        .collect();
-    Ok(Json(json!({ "models": models })))
-}
-
 pub async fn delete(State(state): State<AppState>, AppPath(name): AppPath<String>) -> AppResult<StatusCode> {
     if state.db.get_dataset(&name).await?.is_none() {
         return Err(AppError::dataset_not_found(&name));
@@ -175,10 +164,12 @@ pub async fn delete(State(state): State<AppState>, AppPath(name): AppPath<String
     state.db.delete_dataset(&name).await?;
     let blobs = state.blobs.clone();
     let index_root = removed.map(|d| d.index_root().to_path_buf());
+    let models = crate::models::dataset_dir(state.data_dir(), &name);
+    let features = crate::features::FeatureCache::dataset_dir(state.data_dir(), &name);
     tokio::task::spawn_blocking(move || {
         blobs.delete_dataset(&name)?;
-        if let Some(dir) = index_root {
-            crate::storage::remove_dir_if_exists(&dir)?;
+        for dir in index_root.iter().chain([&models, &features]) {
+            crate::storage::remove_dir_if_exists(dir)?;
         }
         std::io::Result::Ok(())
     })

@@ -85,10 +85,10 @@ pub async fn add(
             });
         }
     };
-    let generation = dataset.generation.load_full();
     let seq = seqs[0];
     tokio::task::spawn_blocking(move || {
-        generation.append(&[(seq, vector)]);
+        let _writer = dataset.writer.lock().unwrap_or_else(|e| e.into_inner());
+        dataset.generation.load().append(&[(seq, vector)]);
         let mut catalog = dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
         catalog.insert(seq, &row.item_id, &row.label);
     })

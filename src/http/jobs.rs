@@ -1,5 +1,5 @@
-//! `/jobs`: list, show, cancel, artifacts. Ingest jobs are created by
-//! `POST /datasets`; `POST /jobs` refuses kinds this version cannot run.
+//! `/jobs`: create (finetune, reindex), list, show, cancel, artifacts.
+//! Ingest jobs are created by `POST /datasets`.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,6 +12,7 @@ use super::error::{AppError, AppResult};
 use super::extract::{AppPath, AppQuery};
 use crate::app::AppState;
 use crate::db::jobs::{Job, JobFilter};
+use crate::jobs::finetune::FinetuneParams;
 
 /// Most jobs one `GET /jobs` returns.
 const MAX_JOBS_LISTED: usize = 1000;
@@ -56,9 +57,12 @@ async fn find(state: &AppState, id: &str) -> AppResult<Job> {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateJob {
     kind: String,
     dataset: String,
+    #[serde(default)]
+    params: Value,
 }
 
 pub async fn create(
@@ -66,14 +70,71 @@ pub async fn create(
     body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
 ) -> AppResult<(StatusCode, Json<Job>)> {
     let Json(request) = body?;
-    state.db.get_dataset(&request.dataset).await?.ok_or_else(|| AppError::dataset_not_found(&request.dataset))?;
-    Err(AppError::bad_request(
-        "unsupported_job_kind",
-        format!(
-            "jobs of kind {:?} cannot be created in this version (ingest jobs come from POST /datasets)",
-            request.kind
-        ),
-    ))
+    let job = match request.kind.as_str() {
+        "finetune" => queue_finetune(&state, &request.dataset, &request.params).await?,
+        "reindex" => {
+            let Some(model) = request.params.get("model").and_then(Value::as_str) else {
+                return Err(AppError::bad_request("invalid_params", "a reindex job needs params.model, a model id"));
+            };
+            queue_reindex(&state, &request.dataset, model).await?
+        }
+        "ingest" => {
+            return Err(AppError::bad_request(
+                "unsupported_job_kind",
+                "ingest jobs are created by uploading a catalogue to POST /datasets",
+            ));
+        }
+        other => {
+            return Err(AppError::bad_request(
+                "unsupported_job_kind",
+                format!("kind must be \"finetune\" or \"reindex\", not {other:?}"),
+            ));
+        }
+    };
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// A dataset that can be trained on or reindexed: it exists and is not ingesting.
+async fn ready_dataset(state: &AppState, name: &str) -> AppResult<()> {
+    let dataset = state.db.get_dataset(name).await?.ok_or_else(|| AppError::dataset_not_found(name))?;
+    if dataset.status == crate::db::datasets::STATUS_INGESTING {
+        return Err(AppError::conflict("dataset_not_ready", format!("dataset {name:?} is still being ingested")));
+    }
+    Ok(())
+}
+
+async fn queue_finetune(state: &AppState, dataset: &str, params: &Value) -> AppResult<Job> {
+    ready_dataset(state, dataset).await?;
+    let params = FinetuneParams::resolve(&state.settings.finetune, params)
+        .map_err(|message| AppError::bad_request("invalid_params", message))?;
+    let labels = state.db.label_counts(dataset).await?;
+    let usable = labels.iter().filter(|(_, n)| *n >= 3).count();
+    if usable < 2 {
+        return Err(AppError::conflict(
+            "dataset_too_small",
+            format!(
+                "fine-tuning needs at least 2 labels with 3 or more items (one held out, two to train on); \
+                 dataset {dataset:?} has {usable}"
+            ),
+        ));
+    }
+    let params = serde_json::to_value(&params).map_err(AppError::internal)?;
+    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), "finetune", dataset, &params).await?;
+    state.jobs.notify();
+    Ok(job)
+}
+
+/// Queues a job that makes `model` the dataset's active model.
+pub async fn queue_reindex(state: &AppState, dataset: &str, model: &str) -> AppResult<Job> {
+    ready_dataset(state, dataset).await?;
+    let record =
+        state.db.get_model(dataset, model).await?.ok_or_else(|| {
+            AppError::not_found("model_not_found", format!("dataset {dataset:?} has no model {model:?}"))
+        })?;
+    let params = json!({ "model": record.id });
+    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), "reindex", dataset, &params).await?;
+    state.jobs.notify();
+    Ok(job)
 }
 
 pub async fn cancel(State(state): State<AppState>, AppPath(id): AppPath<String>) -> AppResult<(StatusCode, Json<Job>)> {
@@ -95,6 +156,10 @@ pub async fn artifact(
     }
     let path = state.data_dir().join("artifacts").join(&job.id).join(&file);
     let bytes = tokio::fs::read(&path).await?;
-    let content_type = if file.ends_with(".png") { "image/png" } else { "application/octet-stream" };
+    let content_type = match file.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("png") => "image/png",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    };
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod items;
 pub mod jobs;
+pub mod models;
 pub mod ops;
 pub mod search;
 
@@ -40,7 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/datasets", post(datasets::create).layer(upload_limit).get(datasets::list))
         .route("/datasets/{name}", get(datasets::get).delete(datasets::delete))
         .route("/datasets/{name}/labels", get(datasets::labels))
-        .route("/datasets/{name}/models", get(datasets::models))
+        .route("/datasets/{name}/models", get(models::list))
+        .route("/datasets/{name}/models/{id}/activate", post(models::activate))
         .route("/datasets/{name}/items", post(items::add).get(items::list))
         .route("/datasets/{name}/items/{item_id}", get(items::get).delete(items::delete))
         .route("/datasets/{name}/items/{item_id}/image", get(items::image))

@@ -165,7 +165,7 @@ async fn run_search(
 ) -> AppResult<SearchResponse> {
     let dataset = serving(state, name)?;
     let generation = dataset.generation.load_full();
-    if generation.model_id != state.embedder.model().id {
+    if generation.backbone != state.embedder.model().id {
         return Err(AppError::unavailable("model_unavailable", "the dataset's model is not loaded"));
     }
     let vector = embed(state, input).await?;

@@ -63,6 +63,7 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
         skipped: manifest.skipped.clone(),
         skipped_count: manifest.skipped_count,
         pending: Vec::with_capacity(state.settings.jobs.ingest_chunk),
+        features: crate::models::feature_cache(state, &job.dataset),
     };
     let chunk = state.settings.jobs.ingest_chunk;
     archive::for_each_image(upload, &manifest, limits.max_image_bytes, &mut |entry, bytes| {
@@ -106,6 +107,7 @@ struct Run<'a> {
     skipped: Vec<Skipped>,
     skipped_count: usize,
     pending: Vec<(Entry, Vec<u8>)>,
+    features: crate::features::FeatureCache,
 }
 
 impl Run<'_> {
@@ -164,8 +166,13 @@ impl Run<'_> {
         let vectors = self.state.embedder.embed_many_blocking(inputs)?;
         blobs.sync_keys(rows.iter().map(|r| r.blob.as_str()))?;
         let seqs = self.runtime.block_on(self.state.db.insert_items(&self.dataset.name, &rows))?;
-        let generation = self.dataset.generation.load_full();
-        generation.append(&seqs.iter().copied().zip(vectors).collect::<Vec<_>>());
+        let features: Vec<(u64, Vec<f32>)> = seqs.iter().copied().zip(vectors).collect();
+        // Kept for fine-tuning and reindexing; a lost row is embedded again then.
+        if let Err(err) = self.features.append(&features) {
+            tracing::warn!(dataset = %self.dataset.name, error = %format!("{err:#}"), "feature cache not written");
+        }
+        let _writer = self.dataset.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.dataset.generation.load().append(&features);
         let mut catalog = self.dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
         for (seq, row) in seqs.iter().zip(&rows) {
             catalog.insert(*seq, &row.item_id, &row.label);

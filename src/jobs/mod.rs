@@ -7,12 +7,14 @@
 //! flag, which the job checks between steps. Jobs left running by a stopped
 //! process are failed with a reason at the next start (`AppState::open`).
 
+pub mod finetune;
 pub mod ingest;
+pub mod reindex;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -56,6 +58,45 @@ impl CancelFlag {
 
     pub fn check(&self) -> Result<(), JobFailure> {
         if self.is_canceled() { Err(JobFailure::Canceled) } else { Ok(()) }
+    }
+}
+
+/// Kinds of job that resume after a restart instead of failing: their work
+/// is a pure function of their params and the stored items, with checkpoints.
+pub const RESUMABLE_KINDS: &[&str] = &["finetune", "reindex"];
+
+/// Shortest time between two progress writes of a running job.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Writes a running job's stage, progress and detail to its row: at once on
+/// a new stage, at most every `PROGRESS_INTERVAL` within one. A failed write
+/// is logged, not fatal: progress is information.
+pub struct Reporter<'a> {
+    state: &'a AppState,
+    job: &'a Job,
+    runtime: &'a tokio::runtime::Handle,
+    last: Option<Instant>,
+}
+
+impl<'a> Reporter<'a> {
+    pub fn new(state: &'a AppState, job: &'a Job, runtime: &'a tokio::runtime::Handle) -> Self {
+        Self { state, job, runtime, last: None }
+    }
+
+    pub fn stage(&mut self, stage: &str, progress: f64, detail: Value) {
+        self.last = None;
+        self.progress(stage, progress, detail);
+    }
+
+    pub fn progress(&mut self, stage: &str, progress: f64, detail: Value) {
+        if self.last.is_some_and(|at| at.elapsed() < PROGRESS_INTERVAL) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let write = self.state.db.set_job_detail(&self.job.id, stage, progress, &detail);
+        if let Err(err) = self.runtime.block_on(write) {
+            tracing::warn!(job = %self.job.id, error = %err, "could not record job progress");
+        }
     }
 }
 
@@ -133,6 +174,8 @@ async fn run_one(state: &AppState, job: Job) {
     let running = job.clone();
     let outcome = tokio::task::spawn_blocking(move || match running.kind.as_str() {
         "ingest" => ingest::run(&runner, &running, &cancel),
+        "finetune" => finetune::run(&runner, &running, &cancel),
+        "reindex" => reindex::run(&runner, &running, &cancel),
         other => Err(JobFailure::failed("unsupported_job_kind", format!("no runner for jobs of kind {other:?}"))),
     })
     .await

@@ -13,6 +13,7 @@ pub mod import;
 pub mod lite0;
 pub mod nhwc;
 pub mod preprocess;
+pub mod projection;
 
 use std::path::Path;
 

@@ -87,6 +87,17 @@ impl EmbeddingHead {
         candle_core::safetensors::save(&tensors, path.as_ref())
     }
 
+    /// The weights as plain row-major values: `(weight [out_dim × in_dim], bias [out_dim])`; a
+    /// head built without bias gives zeros.
+    pub fn weights(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let weight = self.linear.weight().flatten_all()?.to_vec1::<f32>()?;
+        let bias = match self.linear.bias() {
+            Some(bias) => bias.to_vec1::<f32>()?,
+            None => vec![0.0; self.out_dim],
+        };
+        Ok((weight, bias))
+    }
+
     /// Width of the feature rows the head reads.
     pub fn in_dim(&self) -> usize {
         self.in_dim

@@ -4,6 +4,7 @@ mod archive;
 mod bad_input;
 mod embedder;
 mod fashion_e2e;
+mod finetune;
 mod items;
 mod jobs;
 mod support;

@@ -1,0 +1,94 @@
+//! A trained head as the server applies it: backbone feature → search embedding.
+//!
+//! Training builds an [`EmbeddingHead`] of candle tensors; serving needs the
+//! same map applied to one query at a time in microseconds, without candle's
+//! per-call overhead, and to tens of thousands of stored features when an
+//! index is rebuilt. [`Projection`] holds the head's weights as plain rows and
+//! computes `normalise(W·x + b)` exactly as [`EmbeddingHead`] does (same
+//! floor on the norm), so a vector projected here matches the training code's
+//! to rounding. Immutable and shared between threads.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use rayon::prelude::*;
+
+use crate::train::EmbeddingHead;
+
+/// Same floor as the training head's: a zero row stays zero.
+const MIN_SQUARED_NORM: f32 = 1e-12;
+
+#[derive(Debug, Clone)]
+pub struct Projection {
+    in_dim: usize,
+    out_dim: usize,
+    /// `out_dim` rows of `in_dim` values.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Projection {
+    pub fn from_head(head: &EmbeddingHead) -> Result<Self> {
+        let (weight, bias) = head.weights()?;
+        let (in_dim, out_dim) = (head.in_dim(), head.out_dim());
+        ensure!(weight.len() == in_dim * out_dim && bias.len() == out_dim, "head weights have the wrong shape");
+        Ok(Self { in_dim, out_dim, weight, bias })
+    }
+
+    /// Loads a head saved by [`EmbeddingHead::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let head = EmbeddingHead::load(path, &candle_core::Device::Cpu)
+            .with_context(|| format!("cannot load the head {}", path.display()))?;
+        Self::from_head(&head)
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// One feature vector (`in_dim` values) → one unit embedding (`out_dim`).
+    pub fn project(&self, feature: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(feature.len(), self.in_dim);
+        let mut out: Vec<f32> = self
+            .weight
+            .chunks_exact(self.in_dim)
+            .zip(&self.bias)
+            .map(|(row, bias)| row.iter().zip(feature).map(|(w, x)| w * x).sum::<f32>() + bias)
+            .collect();
+        let norm = out.iter().map(|x| x * x).sum::<f32>().max(MIN_SQUARED_NORM).sqrt();
+        out.iter_mut().for_each(|x| *x /= norm);
+        out
+    }
+
+    /// Many feature vectors, in parallel.
+    pub fn project_many(&self, features: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        features.par_iter().map(|f| self.project(f)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn matches_the_training_head() -> Result<()> {
+        let head = EmbeddingHead::seeded(&VarMap::new(), 40, 8, 3, &Device::Cpu)?;
+        let projection = Projection::from_head(&head)?;
+        let features: Vec<f32> = (0..120).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
+        let expected = head.embed_rows(&features, &Device::Cpu)?;
+        let got: Vec<f32> = features.chunks_exact(40).flat_map(|row| projection.project(row)).collect();
+        assert_eq!(got.len(), expected.len());
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let norms: Vec<f32> = got.chunks_exact(8).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+        assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5), "{norms:?}");
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! Learning the catalogue, over real HTTP on real Fashion-MNIST images with
+//! the real pretrained backbone: a default finetune job raises held-out
+//! MAP@R, publishes its charts and is promoted; searches switch models in one
+//! swap under load; a rollback goes through a reindex job; a canceled job
+//! changes nothing; an interrupted one is resumed after a restart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lookalike::db::Db;
+use serde_json::{Value, json};
+
+use super::support::{self, Client};
+
+/// The bar: held-out MAP@R at least 30% above the pretrained model's.
+const MIN_RELATIVE_MAP_GAIN: f64 = 0.30;
+
+async fn post_json(client: &Client, path: &str, body: Value) -> (u16, Value) {
+    let response = client.http.post(client.url(path)).json(&body).send().await.expect("POST");
+    support::status_json(response).await
+}
+
+async fn finetune(client: &Client, dataset: &str, params: Value) -> Value {
+    let (status, job) =
+        post_json(client, "/jobs", json!({"kind": "finetune", "dataset": dataset, "params": params})).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["kind"], "finetune");
+    assert_eq!(job["status"], "queued");
+    job
+}
+
+/// The model id and the ranked item ids a search answers.
+async fn search(client: &Client, dataset: &str, image: &[u8]) -> (String, Vec<String>) {
+    let (status, body) = client.search_raw(dataset, image.to_vec(), "&k=10").await;
+    assert_eq!(status, 200, "{body}");
+    let ids = body["results"].as_array().expect("results").iter().map(|r| r["item_id"].to_string()).collect();
+    (body["model"].as_str().expect("model").to_owned(), ids)
+}
+
+async fn png_artifact(client: &Client, job: &str, file: &str) -> image::DynamicImage {
+    let response = client.http.get(client.url(&format!("/jobs/{job}/artifacts/{file}"))).send().await.expect("GET");
+    assert_eq!(response.status(), 200, "{file}");
+    assert_eq!(response.headers()["content-type"], "image/png");
+    let bytes = response.bytes().await.expect("body");
+    image::load_from_memory(&bytes).unwrap_or_else(|e| panic!("{file} is not a PNG: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_finetune_beats_the_pretrained_model_and_is_promoted() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let subset = support::fashion_subset(100, 20);
+    let (server, client) = support::start(support::settings(data.path())).await;
+    support::ingest(&client, "fashion", subset.catalogue_zip.clone()).await;
+    let (_, dataset) = client.get("/datasets/fashion").await;
+    let pretrained = dataset["model"].as_str().expect("model").to_owned();
+    let query = &subset.queries[0].1;
+    assert_eq!(search(&client, "fashion", query).await.0, pretrained);
+
+    let queued = finetune(&client, "fashion", json!({})).await;
+    assert_eq!(queued["params"]["mining"], "offline+online", "the job shows the defaults it runs with");
+    let job = client.wait_job(queued["id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    let before = result["eval"]["before"]["map_at_r"].as_f64().expect("before");
+    let after = result["eval"]["after"]["map_at_r"].as_f64().expect("after");
+    println!(
+        "held-out MAP@R {before:.4} -> {after:.4} ({:+.1}%), Recall@1 {} -> {}; {} s in all",
+        100.0 * (after / before - 1.0),
+        result["eval"]["before"]["recall_at_1"],
+        result["eval"]["after"]["recall_at_1"],
+        result["seconds"]["total"]
+    );
+    assert!(after >= before * (1.0 + MIN_RELATIVE_MAP_GAIN), "MAP@R {before:.4} -> {after:.4}: {result}");
+    assert_eq!(result["promoted"], true);
+    assert_eq!(result["parent"], pretrained.as_str());
+    assert!(result["mining"]["thresholds"]["positive"].as_f64().expect("t_pos") > 0.0, "{result}");
+    assert!(result["mining"]["anchors_with_injected_positive"].as_u64().expect("injected") > 0, "{result}");
+    let model = result["model"].as_str().expect("model id").to_owned();
+
+    let artifacts: Vec<&str> =
+        job["artifacts"].as_array().expect("artifacts").iter().filter_map(Value::as_str).collect();
+    for file in ["distance-histogram.png", "loss-curve.png", "mined-pairs.json"] {
+        assert!(artifacts.contains(&file), "{file} in {artifacts:?}");
+    }
+    for file in ["distance-histogram.png", "loss-curve.png"] {
+        let png = png_artifact(&client, job["id"].as_str().expect("id"), file).await;
+        assert!(png.width() >= 400 && png.height() >= 300, "{file}: {}x{}", png.width(), png.height());
+    }
+    let (status, mined) =
+        client.get(&format!("/jobs/{}/artifacts/mined-pairs.json", job["id"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(mined["model"], pretrained.as_str(), "mined pairs name the model that mined them");
+    assert!(!mined["hard_positives"].as_array().expect("pairs").is_empty());
+
+    let (_, models) = client.get("/datasets/fashion/models").await;
+    let models = models["models"].as_array().expect("models").clone();
+    assert_eq!(models.len(), 2, "{models:?}");
+    assert_eq!(
+        (&models[0]["id"], &models[0]["active"], &models[0]["parent"]),
+        (&json!(pretrained), &json!(false), &Value::Null)
+    );
+    assert_eq!((&models[1]["id"], &models[1]["active"]), (&json!(model), &json!(true)));
+    assert_eq!(models[1]["parent"], pretrained.as_str());
+    assert_eq!(models[1]["eval"]["map_at_r"].as_f64(), Some(after));
+    assert_eq!(models[0]["eval"]["map_at_r"].as_f64(), Some(before));
+    let (_, dataset) = client.get("/datasets/fashion").await;
+    assert_eq!(dataset["model"], model.as_str());
+
+    // Searches now embed with the new model, and still find the right things.
+    let mut hits = 0;
+    for (label, image) in &subset.queries {
+        let (status, body) = client.search_raw("fashion", image.clone(), "&k=1").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model"], model.as_str());
+        hits += usize::from(body["results"][0]["label"] == label.as_str());
+    }
+    let recall_at_1 = hits as f64 / subset.queries.len() as f64;
+    println!("Recall@1 of the 200 test queries with the fine-tuned model: {recall_at_1:.3}");
+    assert!(recall_at_1 >= 0.70, "{recall_at_1}");
+    let (_, ranked) = search(&client, "fashion", query).await;
+
+    // The active generation survives a restart.
+    server.stop().await.expect("stop");
+    let (server, client) = support::start(support::settings(data.path())).await;
+    assert_eq!(search(&client, "fashion", query).await, (model.clone(), ranked));
+
+    // Rolling back to the pretrained model goes through a reindex job.
+    let (status, reindex) =
+        post_json(&client, &format!("/datasets/fashion/models/{pretrained}/activate"), json!({})).await;
+    assert_eq!(status, 202, "{reindex}");
+    assert_eq!(reindex["kind"], "reindex");
+    let reindex = client.wait_job(reindex["id"].as_str().expect("id")).await;
+    assert_eq!(reindex["status"], "succeeded", "{reindex}");
+    assert_eq!(reindex["result"]["reused_index"], true, "the pretrained index was kept on disk");
+    assert_eq!(search(&client, "fashion", query).await.0, pretrained);
+    let (_, models) = client.get("/datasets/fashion/models").await;
+    let active: Vec<&Value> = models["models"].as_array().unwrap().iter().filter(|m| m["active"] == true).collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["id"], pretrained.as_str());
+    server.stop().await.expect("stop");
+}
+
+/// Six clients search without pause while a finetune job promotes its model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_switch_models_once_without_a_failure() {
+    const CLIENTS: usize = 6;
+    let data = tempfile::tempdir().expect("tempdir");
+    let subset = support::fashion_subset(40, 2);
+    let (server, client) = support::start(support::settings(data.path())).await;
+    support::ingest(&client, "swap", subset.catalogue_zip.clone()).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, stop) = (client.clone(), stop.clone());
+        let image = subset.queries[c % subset.queries.len()].1.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut seen, mut failures) = (Vec::<String>::new(), Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let (status, body) = client.search_raw("swap", image.clone(), "&k=5").await;
+                if status != 200 || body["results"].as_array().map(Vec::len) != Some(5) {
+                    failures.push(format!("{status} {body}"));
+                    continue;
+                }
+                seen.push(body["model"].as_str().unwrap_or_default().to_owned());
+            }
+            (seen, failures)
+        }));
+    }
+    let job = finetune(&client, "swap", json!({"promote": "always", "epochs": 5})).await;
+    let job = client.wait_job(job["id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let model = job["result"]["model"].as_str().expect("model").to_owned();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    for handle in clients {
+        let (seen, failures) = handle.await.expect("client task");
+        assert!(failures.is_empty(), "failed searches: {failures:?}");
+        let switches = seen.windows(2).filter(|w| w[0] != w[1]).count();
+        println!("client saw {} searches, {} model switches", seen.len(), switches);
+        assert_eq!(switches, 1, "exactly one switch, never back: {:?}", dedup(&seen));
+        assert_eq!(seen.last(), Some(&model));
+        assert_ne!(seen.first(), Some(&model));
+    }
+    server.stop().await.expect("stop");
+}
+
+fn dedup(seen: &[String]) -> Vec<&String> {
+    let mut out: Vec<&String> = Vec::new();
+    for id in seen {
+        if out.last() != Some(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_finetune_requests_are_refused_and_a_canceled_job_changes_nothing() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let subset = support::fashion_subset(10, 1);
+    let (server, client) = support::start(support::settings(data.path())).await;
+    support::ingest(&client, "small", subset.catalogue_zip.clone()).await;
+    let (_, dataset) = client.get("/datasets/small").await;
+    let pretrained = dataset["model"].clone();
+
+    for (body, status, code) in [
+        (json!({"kind": "finetune", "dataset": "nope"}), 404, "dataset_not_found"),
+        (json!({"kind": "train", "dataset": "small"}), 400, "unsupported_job_kind"),
+        (json!({"kind": "finetune", "dataset": "small", "params": {"mining": "hardest"}}), 400, "invalid_params"),
+        (json!({"kind": "finetune", "dataset": "small", "params": {"holdout": 0.9}}), 400, "invalid_params"),
+        (json!({"kind": "finetune", "dataset": "small", "params": {"epoch": 3}}), 400, "invalid_params"),
+        (json!({"kind": "reindex", "dataset": "small", "params": {}}), 400, "invalid_params"),
+        (json!({"kind": "reindex", "dataset": "small", "params": {"model": "ft-none"}}), 404, "model_not_found"),
+    ] {
+        let (got, answer) = post_json(&client, "/jobs", body.clone()).await;
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body} -> {answer}");
+    }
+    let (got, answer) = post_json(&client, "/datasets/small/models/ft-none/activate", json!({})).await;
+    assert_eq!((got, answer["error"]["code"].as_str()), (404, Some("model_not_found")), "{answer}");
+
+    // A job long enough to be caught training, then canceled.
+    let job = finetune(&client, "small", json!({"epochs": 10000})).await;
+    let id = job["id"].as_str().expect("id").to_owned();
+    let mut stage = Value::Null;
+    for _ in 0..1200 {
+        let (_, job) = client.get(&format!("/jobs/{id}")).await;
+        if job["stage"] == "training" && job["detail"]["step"].as_u64().unwrap_or(0) > 0 {
+            stage = job;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stage["stage"], "training", "the job reached training: {stage}");
+    assert!(stage["detail"]["loss"].is_number(), "training reports its loss: {stage}");
+    assert!(stage["detail"]["epochs"] == 10000, "{stage}");
+    let (status, _) = post_json(&client, &format!("/jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(status, 202);
+    let job = client.wait_job(&id).await;
+    assert_eq!(job["status"], "canceled", "{job}");
+    let (_, models) = client.get("/datasets/small/models").await;
+    assert_eq!(models["models"].as_array().map(Vec::len), Some(1), "{models}");
+    let (_, dataset) = client.get("/datasets/small").await;
+    assert_eq!(dataset["model"], pretrained);
+    let (_, body) = client.search_raw("small", subset.queries[0].1.clone(), "&k=3").await;
+    assert_eq!(body["model"], pretrained);
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finetune_job_interrupted_by_a_stop_is_resumed() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let subset = support::fashion_subset(20, 1);
+    let settings = support::settings(data.path());
+    let (server, client) = support::start(settings.clone()).await;
+    support::ingest(&client, "resume", subset.catalogue_zip.clone()).await;
+    server.stop().await.expect("stop");
+    {
+        // What a process killed during a finetune job leaves behind.
+        let db = Db::open(&settings.database_url()).await.expect("db");
+        db.insert_job("ft-job-1", "finetune", "resume", &json!({"epochs": 2, "promote": "always"})).await.expect("job");
+        let job = db.start_next_job().await.expect("start").expect("a queued job");
+        assert_eq!((job.status.as_str(), job.attempts), ("running", 1));
+        db.pool.close().await;
+    }
+    let (server, client) = support::start(settings).await;
+    let job = client.wait_job("ft-job-1").await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let (_, dataset) = client.get("/datasets/resume").await;
+    assert_eq!(dataset["model"], job["result"]["model"]);
+    server.stop().await.expect("stop");
+}
