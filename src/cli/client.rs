@@ -73,18 +73,7 @@ impl Client {
         let form = Form::new().text("name", dataset.to_owned()).part("archive", part);
         let answer = self.json(self.request(reqwest::Method::POST, "/datasets").multipart(form)).await?;
         let job_id = answer["job"]["id"].as_str().context("no job id in the answer")?.to_owned();
-        let bar = ProgressBar::new(1000);
-        bar.set_style(ProgressStyle::with_template("{spinner} ingest [{bar:40}] {percent:>3}% {elapsed} {msg}")?);
-        let job = loop {
-            let job = self.json(self.request(reqwest::Method::GET, &format!("/jobs/{job_id}"))).await?;
-            bar.set_position((job["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
-            bar.set_message(job["stage"].as_str().unwrap_or("").to_owned());
-            if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
-                break job;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        bar.finish();
+        let job = self.follow_job(&job_id, "ingest").await?;
         match job["status"].as_str() {
             Some("succeeded") => {
                 let result = &job["result"];
@@ -101,6 +90,96 @@ impl Client {
             }
             status => bail!("ingest job {job_id} ended {}: {}", status.unwrap_or("?"), job["error"]),
         }
+    }
+
+    /// Polls a job with a progress bar (its stage and, while training, the
+    /// step and loss) until it ends; returns it.
+    async fn follow_job(&self, job_id: &str, kind: &str) -> anyhow::Result<Value> {
+        let bar = ProgressBar::new(1000);
+        let template = format!("{{spinner}} {kind} [{{bar:40}}] {{percent:>3}}% {{elapsed}} {{msg}}");
+        bar.set_style(ProgressStyle::with_template(&template)?);
+        let job = loop {
+            let job = self.json(self.request(reqwest::Method::GET, &format!("/jobs/{job_id}"))).await?;
+            bar.set_position((job["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
+            let stage = job["stage"].as_str().unwrap_or("").to_owned();
+            let detail = &job["detail"];
+            let message = match (detail["step"].as_u64(), detail["steps"].as_u64(), detail["loss"].as_f64()) {
+                (Some(step), Some(steps), Some(loss)) => format!("{stage} step {step}/{steps} loss {loss:.4}"),
+                _ => stage,
+            };
+            bar.set_message(message);
+            if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        bar.finish();
+        Ok(job)
+    }
+
+    /// Queues a finetune job with `params`, follows it, and prints the
+    /// before/after metrics.
+    pub async fn finetune(&self, dataset: &str, params: Value, wait: bool) -> anyhow::Result<()> {
+        let body = serde_json::json!({"kind": "finetune", "dataset": dataset, "params": params});
+        let job = self.json(self.request(reqwest::Method::POST, "/jobs").json(&body)).await?;
+        let job_id = job["id"].as_str().context("no job id in the answer")?.to_owned();
+        println!("finetune job {job_id} queued with params {}", job["params"]);
+        if !wait {
+            return Ok(());
+        }
+        let job = self.follow_job(&job_id, "finetune").await?;
+        if job["status"] != "succeeded" {
+            bail!("finetune job {job_id} ended {}: {}", job["status"], job["error"]);
+        }
+        let result = &job["result"];
+        println!("model {} (parent {}), promoted: {}", result["model"], result["parent"], result["promoted"]);
+        println!("{:<8} {:>9} {:>9} {:>9} {:>9}", "held-out", "Recall@1", "Recall@5", "Recall@10", "MAP@R");
+        for when in ["before", "after"] {
+            let m = &result["eval"][when];
+            let f = |key: &str| m[key].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{when:<8} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
+                f("recall_at_1"),
+                f("recall_at_5"),
+                f("recall_at_10"),
+                f("map_at_r")
+            );
+        }
+        println!("artifacts: {}", job["artifacts"]);
+        println!("took {:.1} s", result["seconds"]["total"].as_f64().unwrap_or(0.0));
+        Ok(())
+    }
+
+    /// Prints a dataset's models.
+    pub async fn models(&self, dataset: &str) -> anyhow::Result<()> {
+        let answer = self.json(self.request(reqwest::Method::GET, &format!("/datasets/{dataset}/models"))).await?;
+        println!("{:<24} {:<24} {:>6} {:>9} {:>9}  created", "model", "parent", "active", "Recall@1", "MAP@R");
+        for model in answer["models"].as_array().into_iter().flatten() {
+            let metric = |key: &str| model["eval"][key].as_f64().map_or("-".to_owned(), |v| format!("{v:.4}"));
+            println!(
+                "{:<24} {:<24} {:>6} {:>9} {:>9}  {}",
+                model["id"].as_str().unwrap_or(""),
+                model["parent"].as_str().unwrap_or("-"),
+                if model["active"] == true { "yes" } else { "" },
+                metric("recall_at_1"),
+                metric("map_at_r"),
+                model["created_at"].as_str().unwrap_or("")
+            );
+        }
+        Ok(())
+    }
+
+    /// Activates a model and follows the reindex job.
+    pub async fn activate(&self, dataset: &str, model: &str) -> anyhow::Result<()> {
+        let path = format!("/datasets/{dataset}/models/{}/activate", urlencode(model));
+        let job = self.json(self.request(reqwest::Method::POST, &path)).await?;
+        let job_id = job["id"].as_str().context("no job id in the answer")?.to_owned();
+        let job = self.follow_job(&job_id, "reindex").await?;
+        if job["status"] != "succeeded" {
+            bail!("reindex job {job_id} ended {}: {}", job["status"], job["error"]);
+        }
+        println!("dataset {dataset} now searches with model {model}");
+        Ok(())
     }
 
     async fn search_bytes(
@@ -285,4 +364,15 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

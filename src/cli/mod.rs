@@ -1,5 +1,5 @@
 //! The command line: `lookalike serve | fetch-weights | import-weights |
-//! ingest | search | eval` (`API.md`, "Command line and settings").
+//! ingest | search | eval | finetune | models | activate` (`API.md`, "Command line and settings").
 
 mod client;
 
@@ -59,6 +59,36 @@ enum Command {
         /// Only items with this label.
         #[arg(long)]
         label: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Fine-tune the dataset's embedding (a finetune job), follow it, and print
+    /// the held-out metrics before and after.
+    Finetune {
+        #[arg(long)]
+        dataset: String,
+        /// A job param, `KEY=VALUE` (repeatable), e.g. `--param mining=batch-hard --param epochs=20`.
+        /// VALUE is read as JSON when it parses (numbers, booleans), else as a string.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Queue the job and return at once.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List a dataset's models (generations), with their held-out metrics.
+    Models {
+        #[arg(long)]
+        dataset: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Serve a dataset with one of its models (e.g. roll back), and follow the reindex job.
+    Activate {
+        model: String,
+        #[arg(long)]
+        dataset: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -148,9 +178,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let client = client::Client::new(&settings, &server)?;
             runtime.block_on(client.search(&image, &dataset, k, label.as_deref()))
         }
+        Command::Finetune { dataset, params, no_wait, server } => {
+            let client = client::Client::new(&settings, &server)?;
+            runtime.block_on(client.finetune(&dataset, parse_params(&params)?, !no_wait))
+        }
+        Command::Models { dataset, server } => {
+            let client = client::Client::new(&settings, &server)?;
+            runtime.block_on(client.models(&dataset))
+        }
+        Command::Activate { model, dataset, server } => {
+            let client = client::Client::new(&settings, &server)?;
+            runtime.block_on(client.activate(&dataset, &model))
+        }
         Command::Eval { dataset, queries, concurrency, limit, k, json, server } => {
             let client = client::Client::new(&settings, &server)?;
             runtime.block_on(client.eval(&dataset, &queries, EvalOptions { concurrency, limit, k }, json.as_deref()))
         }
     }
+}
+
+/// `KEY=VALUE` pairs as a JSON object; a VALUE that is not JSON is a string.
+fn parse_params(pairs: &[String]) -> anyhow::Result<serde_json::Value> {
+    let mut params = serde_json::Map::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            anyhow::bail!("--param {pair:?} is not KEY=VALUE");
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        params.insert(key.trim().to_owned(), value);
+    }
+    Ok(serde_json::Value::Object(params))
 }
