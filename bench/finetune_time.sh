@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Wall time and held-out gain of a default finetune job through the real
+# server, on a label-balanced Fashion-MNIST catalogue:
+#
+#   bash bench/finetune_time.sh [CATALOGUE_PER_LABEL] [INPUT_SIZE] [KEY=VALUE ...]
+#
+# Defaults: 1,000 per label (10,000 items) at 64 px. Extra arguments are job
+# params (`epochs=20`, `mining=batch-hard`, ...). Ingests, runs
+# `lookalike finetune`, then evaluates the official test queries through HTTP
+# with the promoted model. Prints the job's per-stage seconds; writes
+# bench/out/finetune-*.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+per_label=${1:-1000}
+input_size=${2:-64}
+shift $(( $# < 2 ? $# : 2 ))
+params=()
+for pair in "$@"; do params+=(--param "$pair"); done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lookalike-target}"
+cargo build --quiet --bins
+bin="$CARGO_TARGET_DIR/debug"
+work=$(mktemp -d)
+out=bench/out
+mkdir -p "$out"
+trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+"$bin/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$per_label" --queries-per-label 100
+port=$((20000 + RANDOM % 20000))
+url="http://127.0.0.1:$port"
+export LOOKALIKE__SERVER__ADDR=127.0.0.1:$port LOOKALIKE__DATA_DIR="$work/data" LOOKALIKE__MODEL__INPUT_SIZE=$input_size
+if [[ -n "${LOOKALIKE_WEIGHTS:-}" ]]; then export LOOKALIKE__MODEL__WEIGHTS="$LOOKALIKE_WEIGHTS"; fi
+"$bin/lookalike" serve 2> "$work/server.log" &
+server=$!
+for _ in $(seq 600); do
+    curl -fs "$url/readyz" > /dev/null && break
+    sleep 0.5
+done
+echo "== $((per_label * 10)) catalogue items at $input_size px; $(nproc) cores"
+"$bin/lookalike" ingest "$work/fmnist/catalogue.zip" --dataset fashion --server "$url"
+echo "== pretrained model: 1,000 test queries"
+"$bin/lookalike" eval --dataset fashion --queries "$work/fmnist/queries" --server "$url" --json "$out/finetune-eval-before.json"
+echo "== finetune ${params[*]:-(defaults)}"
+/usr/bin/time -f "finetune command wall time: %e s" \
+    "$bin/lookalike" finetune --dataset fashion --server "$url" "${params[@]}"
+curl -fs "$url/jobs?dataset=fashion&kind=finetune" > "$out/finetune-job.json"
+python3 - "$out/finetune-job.json" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+print("stage seconds:", ", ".join(f"{k} {v:.1f}" for k, v in job["result"]["seconds"].items()))
+print("training:", json.dumps(job["result"]["training"]))
+print("mining thresholds:", json.dumps(job["result"]["mining"]["thresholds"]))
+PY
+echo "== active model: the same 1,000 test queries"
+"$bin/lookalike" eval --dataset fashion --queries "$work/fmnist/queries" --server "$url" --json "$out/finetune-eval-after.json"
