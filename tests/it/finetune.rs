@@ -138,6 +138,16 @@ async fn default_finetune_beats_the_pretrained_model_and_is_promoted() {
     let active: Vec<&Value> = models["models"].as_array().unwrap().iter().filter(|m| m["active"] == true).collect();
     assert_eq!(active.len(), 1);
     assert_eq!(active[0]["id"], pretrained.as_str());
+
+    // Deleting the dataset removes its models, features and indexes with it.
+    for dir in ["models/fashion", "features/fashion", "indexes/fashion"] {
+        assert!(data.path().join(dir).exists(), "{dir} exists before the delete");
+    }
+    let response = client.http.delete(client.url("/datasets/fashion")).send().await.expect("DELETE");
+    assert_eq!(response.status(), 204);
+    for dir in ["models/fashion", "features/fashion", "indexes/fashion"] {
+        assert!(!data.path().join(dir).exists(), "{dir} is gone after the delete");
+    }
     server.stop().await.expect("stop");
 }
 
