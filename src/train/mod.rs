@@ -14,6 +14,8 @@
 //!   embeddings, seeded from [`TrainRng`] and saved as safetensors;
 //! - [`retrieval`]: exact Recall@K and MAP@R of queries against a gallery, for evaluating heads
 //!   without the server;
+//! - [`plot`]: PNG charts of a job's artifacts: the mined distance histogram with its thresholds,
+//!   MAP@R lines per mining mode and the loss curve;
 //! - [`trainer`]: [`train_head`], the head-only training loop over cached backbone features, with
 //!   its [`TrainParams`], per-step [`StepReport`]s, cancellation and collapse guard.
 //!
@@ -21,14 +23,16 @@
 //! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
 //! and back-propagate; [`train_head`] runs exactly that loop. Everything here is pure: no global
 //! state, no locks, no I/O except [`EmbeddingHead::save`] and [`EmbeddingHead::load`]; the same
-//! inputs and seed always give the same outputs. All of it is single-threaded except [`mine_offline`],
-//! which spreads its rows over rayon's pool and merges them in a fixed order.
+//! inputs and seed always give the same outputs. All of it is single-threaded except [`mine_offline`]
+//! and [`retrieval::evaluate`], which spread their rows over rayon's pool (and candle's matmul
+//! threads) and merge them in a fixed order.
 
 pub mod distance;
 pub mod head;
 pub mod losses;
 pub mod miners;
 pub mod offline;
+pub mod plot;
 pub mod retrieval;
 pub mod rng;
 pub mod sampler;
