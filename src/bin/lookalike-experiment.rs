@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! lookalike-experiment [--tiny] [--weights FILE] [--out DIR] [--cache-dir DIR] [--budget STEPS]
+//! lookalike-experiment --replot [--out DIR]     # redraw the figures from DIR/results.json
 //! ```
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ struct Cli {
     /// Optimiser steps per run; checkpoints scale with it. Default: the protocol's.
     #[arg(long)]
     budget: Option<usize>,
+    /// Only redraw the figures from the `results.json` already in `--out`; runs nothing.
+    #[arg(long)]
+    replot: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +42,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if cli.replot {
+        return experiment::figures::write_figures(&cli.out);
+    }
     let mut config = if cli.tiny {
         ExperimentConfig::tiny(cli.weights, cli.out)
     } else {

@@ -12,12 +12,14 @@
 //! 4. every [`runs::Mode`] trains a head from the same seed and parameters for the same number of
 //!    optimiser steps, and is evaluated on the test queries at the same checkpoints; two modes
 //!    (offline+online and batch-hard) are repeated with further seeds to show the spread;
-//! 5. [`report`] writes the results as JSON, CSV, markdown tables and figures.
+//! 5. [`report`] writes the results as JSON, CSV and markdown tables, [`figures`] draws the
+//!    distance histogram and MAP@R against steps from them.
 //!
 //! Queries are never trained on. Everything runs on the CPU, one stage after another, each stage
 //! using every core; [`run`] is deterministic apart from the measured times.
 
 pub mod features;
+pub mod figures;
 pub mod report;
 pub mod runs;
 
@@ -210,6 +212,7 @@ pub fn run(config: &ExperimentConfig) -> anyhow::Result<ExperimentResults> {
         total_seconds: started.elapsed().as_secs_f64(),
     };
     report::write_outputs(&results)?;
+    figures::write_figures(&config.out_dir)?;
     Ok(results)
 }
 

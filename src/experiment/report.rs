@@ -2,7 +2,7 @@
 //!
 //! Under `out_dir`: `results.json` (every figure measured), `map-vs-steps.csv` (one row per run
 //! and checkpoint), `distance-histogram.json` (the offline histogram and thresholds) and
-//! `tables.md` (the tables `docs/EXPERIMENTS.md` quotes). The markdown is generated so that the
+//! `tables.md` (the tables `docs/EXPERIMENTS.md` quotes); [`super::figures`] adds the PNGs. The markdown is generated so that the
 //! document's numbers come from a run, not from hand copying; the reading of them is written by
 //! a person.
 
