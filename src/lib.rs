@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod embedder;
 pub mod eval;
+pub mod experiment;
 pub mod fashion_mnist;
 pub mod features;
 pub mod generation;

@@ -23,8 +23,9 @@
 //! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
 //! and back-propagate; [`train_head`] runs exactly that loop. Everything here is pure: no global
 //! state, no locks, no I/O except [`EmbeddingHead::save`] and [`EmbeddingHead::load`]; the same
-//! inputs and seed always give the same outputs. All of it is single-threaded except [`mine_offline`],
-//! which spreads its rows over rayon's pool and merges them in a fixed order.
+//! inputs and seed always give the same outputs. All of it is single-threaded except [`mine_offline`]
+//! and [`retrieval::evaluate`], which spread their rows over rayon's pool (and candle's matmul
+//! threads) and merge them in a fixed order.
 
 pub mod distance;
 pub mod head;

@@ -106,6 +106,12 @@ impl TrainParams {
     pub fn effective_mining(&self) -> Mining {
         if self.offline_injection { Mining::BatchHard } else { self.mining }
     }
+
+    /// The seed [`train_head`] gives [`EmbeddingHead::seeded`]: with it a caller can rebuild the
+    /// untrained head (to measure step 0) without running a step.
+    pub fn head_init_seed(&self) -> u64 {
+        TrainRng::for_stream(self.seed, HEAD_INIT_STREAM).next_u64()
+    }
 }
 
 /// What one training step did, as the observer sees it.
@@ -188,8 +194,8 @@ pub fn train_head(
     let device = Device::Cpu;
     let all_features = Tensor::from_slice(features, (labels.len(), params.input_dim), &device)?;
     let varmap = VarMap::new();
-    let head_seed = TrainRng::for_stream(params.seed, HEAD_INIT_STREAM).next_u64();
-    let head = EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, head_seed, &device)?;
+    let head =
+        EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, params.head_init_seed(), &device)?;
     let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(varmap.all_vars(), adamw)?;
     let mining = params.effective_mining();
