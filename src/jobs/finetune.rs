@@ -88,7 +88,7 @@ pub enum Promote {
 pub struct FinetuneParams {
     pub mining: MiningMode,
     pub epochs: usize,
-    pub margin: f32,
+    pub margin: f64,
     pub soft_margin: bool,
     pub learning_rate: f64,
     pub weight_decay: f64,
@@ -99,8 +99,8 @@ pub struct FinetuneParams {
     pub holdout: f64,
     pub max_eval_queries: usize,
     pub promote: Promote,
-    pub positive_quantile: f32,
-    pub negative_quantile: f32,
+    pub positive_quantile: f64,
+    pub negative_quantile: f64,
     pub max_mined_items: usize,
 }
 
@@ -162,7 +162,7 @@ impl FinetuneParams {
             mining,
             offline_injection,
             epochs: self.epochs,
-            margin: self.margin,
+            margin: self.margin as f32,
             soft_margin: self.soft_margin,
             learning_rate: self.learning_rate,
             weight_decay: self.weight_decay,
@@ -176,8 +176,8 @@ impl FinetuneParams {
 
     fn mining_params(&self) -> OfflineMiningParams {
         OfflineMiningParams {
-            positive_quantile: self.positive_quantile,
-            negative_quantile: self.negative_quantile,
+            positive_quantile: self.positive_quantile as f32,
+            negative_quantile: self.negative_quantile as f32,
             max_exact_items: self.max_mined_items,
             seed: self.seed,
             ..OfflineMiningParams::default()
@@ -591,6 +591,7 @@ mod tests {
         assert_eq!(defaults.mining, MiningMode::OfflineOnline);
         let params = FinetuneParams::resolve(&defaults, &json!({"mining": "semi-hard", "epochs": 3})).unwrap();
         assert_eq!((params.mining, params.epochs, params.margin), (MiningMode::SemiHard, 3, defaults.margin));
+        assert_eq!(serde_json::to_value(&params).unwrap()["margin"], json!(0.2), "shown as written, not as f32 noise");
         for (bad, named) in [
             (json!({"mining": "hardest"}), "unknown variant"),
             (json!({"epochs": 0}), "params.epochs"),
