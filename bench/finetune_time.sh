@@ -8,7 +8,7 @@
 # params (`epochs=20`, `mining=batch-hard`, ...). Ingests, runs
 # `lookalike finetune`, then evaluates the official test queries through HTTP
 # with the promoted model. Prints the job's per-stage seconds; writes
-# bench/out/finetune-*.json.
+# bench/out/finetune-*.json. QUERIES_PER_LABEL (default 100) sets the test queries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 per_label=${1:-1000}
@@ -24,7 +24,7 @@ out=bench/out
 mkdir -p "$out"
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-"$bin/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$per_label" --queries-per-label 100
+"$bin/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$per_label" --queries-per-label "${QUERIES_PER_LABEL:-100}"
 port=$((20000 + RANDOM % 20000))
 url="http://127.0.0.1:$port"
 export LOOKALIKE__SERVER__ADDR=127.0.0.1:$port LOOKALIKE__DATA_DIR="$work/data" LOOKALIKE__MODEL__INPUT_SIZE=$input_size

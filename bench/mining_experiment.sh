@@ -10,9 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lookalike-target}"
-cargo build --quiet --release --bin lookalike-experiment
-bin="$CARGO_TARGET_DIR/release/lookalike-experiment"
 if [[ "${1:-}" == "--tiny" ]]; then
-    exec "$bin" --out bench/out/experiment-tiny "$@"
+    # The smoke run (scripts/test.sh runs it) uses the dev build the tests already made.
+    cargo build --quiet --locked --bin lookalike-experiment
+    exec "$CARGO_TARGET_DIR/debug/lookalike-experiment" --out bench/out/experiment-tiny "$@"
 fi
-exec "$bin" "$@"
+cargo build --quiet --release --bin lookalike-experiment
+exec "$CARGO_TARGET_DIR/release/lookalike-experiment" "$@"

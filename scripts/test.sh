@@ -9,6 +9,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets --locked "$@" 2>&1 | tee "$log"
 bash scripts/browser-test.sh 2>&1 | tee -a "$log"
+# Benchmarks are not tests, but they must keep working: each runs once on a tiny input.
+echo "== bench smoke runs"
+bash bench/mining_experiment.sh --tiny
+bash bench/fashion_eval.sh 5 2 64
+QUERIES_PER_LABEL=2 bash bench/finetune_time.sh 10 64 epochs=2
 # One closing line over every test binary and the browser test.
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      /^# pass / { p += $3 } /^# fail / { f += $3 } /^# skipped / { i += $3 }
