@@ -159,6 +159,41 @@ pub fn build_generation(
     Ok((generation, built))
 }
 
+/// Items probed by [`check_generation`].
+const PROBES: usize = 16;
+
+/// Checks a generation before it goes into service: it holds every item it
+/// was built from, and each of up to [`PROBES`] items spread over the list,
+/// searched by its own features, comes back first at distance ~0 (or tied
+/// with an identical item). A failure means the model or the index is
+/// broken, and the generation in service is kept.
+pub fn check_generation(
+    generation: &Generation,
+    built: &HashSet<u64>,
+    probes: &[(u64, &[f32])],
+) -> Result<(), JobFailure> {
+    let stored = generation.index.len();
+    if stored < built.len() {
+        return Err(JobFailure::failed(
+            "generation_check_failed",
+            format!("the new index holds {stored} vectors for {} items", built.len()),
+        ));
+    }
+    let step = (probes.len() / PROBES).max(1);
+    for &(seq, feature) in probes.iter().step_by(step).take(PROBES) {
+        let query = generation.embed(feature);
+        let found = generation.index.search(&query, 1, &|_| true, stored);
+        let ok = found.first().is_some_and(|n| n.id == seq || n.distance <= 1e-4);
+        if !ok {
+            return Err(JobFailure::failed(
+                "generation_check_failed",
+                format!("item {seq} searched by its own features did not come back first: {found:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Puts `generation` into service for `dataset`: under the dataset's writer
 /// lock, adds the live items it lacks (`built` is what it holds), then
 /// stores it. Searches that loaded the old generation finish on it.
@@ -190,4 +225,41 @@ pub fn swap_in(
     dataset.generation.store(Arc::new(generation));
     tracing::info!(dataset = %dataset.name, model = %model_id, "generation swapped in");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::IndexParams;
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut rng = crate::train::TrainRng::new(seed);
+        let v: Vec<f32> = (0..dim).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    }
+
+    #[test]
+    fn a_sound_generation_passes_and_a_broken_one_is_caught() {
+        let dim = 16;
+        let rows: Vec<(u64, Vec<f32>)> = (1..=40).map(|seq| (seq, unit(seq, dim))).collect();
+        let generation =
+            Generation::new(ModelHandle::pretrained("m"), VectorIndex::new(dim, 64, IndexParams::default()), 0);
+        generation.append(&rows);
+        let built: HashSet<u64> = rows.iter().map(|(seq, _)| *seq).collect();
+        let probes: Vec<(u64, &[f32])> = rows.iter().map(|(seq, v)| (*seq, v.as_slice())).collect();
+        check_generation(&generation, &built, &probes).expect("sound generation");
+
+        // A probe whose features are not those its item was indexed with.
+        let stranger = unit(999, dim);
+        let wrong = [(3u64, stranger.as_slice())];
+        let err = check_generation(&generation, &built, &wrong).expect_err("mismatch caught");
+        assert!(err.to_string().contains("did not come back first"), "{err}");
+
+        // An index missing items it was meant to hold.
+        let mut more = built.clone();
+        more.insert(41);
+        let err = check_generation(&generation, &more, &probes).expect_err("missing item caught");
+        assert!(err.to_string().contains("holds 40 vectors for 41 items"), "{err}");
+    }
 }

@@ -360,6 +360,12 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     if promoted {
         let stage = Instant::now();
         report.stage("indexing", 0.85, json!({}));
+        let probes: Vec<(u64, Vec<f32>)> = records
+            .iter()
+            .zip(&features)
+            .step_by((records.len() / 16).max(1))
+            .map(|(r, f)| (r.seq, f.clone()))
+            .collect();
         let (generation, built) =
             models::build_generation(state, new_model, &records, features, cancel, &mut |done, total| {
                 report.progress(
@@ -368,6 +374,8 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
                     json!({"indexed": done, "items": total}),
                 );
             })?;
+        let probes: Vec<(u64, &[f32])> = probes.iter().map(|(seq, f)| (*seq, f.as_slice())).collect();
+        models::check_generation(&generation, &built, &probes)?;
         generation.save(&dataset.index_dir(&model_id))?;
         timings.insert("indexing", stage.elapsed().as_secs_f64());
         cancel.check()?;

@@ -43,6 +43,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     let dir = dataset.index_dir(model_id);
 
     report.stage("features", 0.0, json!({}));
+    let mut probes: Vec<(u64, Vec<f32>)> = Vec::new();
     let (generation, built, reused) = match Generation::load(&dir, model.clone()) {
         Ok(saved) => {
             // The saved index covers items up to its seq; deleted ones are filtered at search.
@@ -51,7 +52,9 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
                 report.progress("features", 0.3 * done as f64 / total.max(1) as f64, json!({"embedded": done}));
             })?;
             report.stage("indexing", 0.3, json!({"reused_index": true}));
-            saved.append(&lacking.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>());
+            let rows: Vec<(u64, Vec<f32>)> = lacking.iter().map(|r| r.seq).zip(features).collect();
+            probes.extend(rows.iter().take(16).cloned());
+            saved.append(&rows);
             let built: HashSet<u64> = records.iter().map(|r| r.seq).collect();
             (saved, built, true)
         }
@@ -63,6 +66,8 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
                 report.progress("features", 0.3 * done as f64 / total.max(1) as f64, json!({"embedded": done}));
             })?;
             report.stage("indexing", 0.3, json!({"reused_index": false}));
+            let step = (records.len() / 16).max(1);
+            probes.extend(records.iter().zip(&features).step_by(step).map(|(r, f)| (r.seq, f.clone())));
             let (generation, built) =
                 models::build_generation(state, model, &records, features, cancel, &mut |done, total| {
                     report.progress(
@@ -74,6 +79,8 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
             (generation, built, false)
         }
     };
+    let probe_refs: Vec<(u64, &[f32])> = probes.iter().map(|(seq, f)| (*seq, f.as_slice())).collect();
+    models::check_generation(&generation, &built, &probe_refs)?;
     generation.save(&dir)?;
     cancel.check()?;
     report.stage("swapping", 0.95, json!({}));
