@@ -220,9 +220,18 @@ pub fn mine_offline(
 ) -> Result<MinedPairs, OfflineMiningError> {
     validate(embeddings, dim, labels, params)?;
     let items = mined_items(labels.len(), params);
+    let avx = has_avx();
     let scans: Vec<BlockScan> = items
         .par_chunks(ANCHOR_BLOCK)
-        .map(|block| scan_block(block, &items, embeddings, dim, labels, params))
+        .map(|block| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX (checked by `has_avx`).
+                return unsafe { scan_block_avx(block, &items, embeddings, dim, labels, params) };
+            }
+            let _ = avx;
+            scan_block(block, &items, embeddings, dim, labels, params)
+        })
         .collect();
 
     let mut positive_bins = vec![0u64; QUANTILE_BINS];
@@ -373,9 +382,18 @@ fn mine_all_positives(
             anchors.chunks(POSITIVE_BLOCK).map(move |block| (block, candidates.as_slice()))
         })
         .collect();
+    let avx = has_avx();
     let found: Vec<Vec<(usize, Best)>> = blocks
         .par_iter()
-        .map(|&(block, candidates)| farthest_positives(block, candidates, embeddings, dim, t_pos, params))
+        .map(|&(block, candidates)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX (checked by `has_avx`).
+                return unsafe { farthest_positives_avx(block, candidates, embeddings, dim, t_pos, params) };
+            }
+            let _ = avx;
+            farthest_positives(block, candidates, embeddings, dim, t_pos, params)
+        })
         .collect();
     let mut per_anchor: Vec<(usize, Best)> = found.into_iter().flatten().collect();
     // Blocks come label by label; each anchor appears once, so this orders the pairs by anchor.
@@ -387,8 +405,36 @@ fn mine_all_positives(
     AllPositives { pairs, capped_labels }
 }
 
+/// Whether the 8-lane sums of [`dot`] and [`dot4`] can run as single AVX instructions.
+fn has_avx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`farthest_positives`] compiled for AVX: the same additions and products, lane by lane, so the
+/// same bits (without FMA, which would round differently); the default x86-64 target has only SSE2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn farthest_positives_avx(
+    block: &[usize],
+    candidates: &[usize],
+    embeddings: &[f32],
+    dim: usize,
+    t_pos: f32,
+    params: &OfflineMiningParams,
+) -> Vec<(usize, Best)> {
+    farthest_positives(block, candidates, embeddings, dim, t_pos, params)
+}
+
 /// For each anchor of `block`, its `hard_positives_per_anchor` farthest candidates at distance
 /// `≥ t_pos` (itself excluded), farthest first, ties to the lower index.
+#[inline(always)]
 fn farthest_positives(
     block: &[usize],
     candidates: &[usize],
@@ -437,6 +483,21 @@ struct BlockScan {
     nearest_negatives: Vec<Vec<(f32, usize)>>,
 }
 
+/// [`scan_block`] compiled for AVX, with the same bits (see [`farthest_positives_avx`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn scan_block_avx(
+    block: &[usize],
+    candidates: &[usize],
+    embeddings: &[f32],
+    dim: usize,
+    labels: &[u32],
+    params: &OfflineMiningParams,
+) -> BlockScan {
+    scan_block(block, candidates, embeddings, dim, labels, params)
+}
+
+#[inline(always)]
 fn scan_block(
     block: &[usize],
     candidates: &[usize],
@@ -498,11 +559,13 @@ fn keep_best(list: &mut Vec<(f32, usize)>, entry: (f32, usize), capacity: usize,
 }
 
 /// Euclidean distance between unit vectors through their dot product.
+#[inline(always)]
 fn unit_distance(a: &[f32], b: &[f32]) -> f32 {
     (2.0 - 2.0 * dot(a, b)).max(0.0).sqrt()
 }
 
 /// Dot product over eight independent partial sums, so the compiler can vectorise it.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 8;
     let (a_chunks, a_rest) = a.as_chunks::<LANES>();
@@ -517,17 +580,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     partial.iter().sum::<f32>() + rest
 }
 
-/// Four dot products against one vector `b`, each summed exactly as [`dot`] sums it.
+/// Four dot products against one vector `b` (all of its length), each summed exactly as [`dot`]
+/// sums it.
+#[inline(always)]
 fn dot4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
     const LANES: usize = 8;
     let (b_chunks, b_rest) = b.as_chunks::<LANES>();
     let split = b_chunks.len() * LANES;
+    // Cut to `b`'s chunk count so that indexing below needs no bounds check.
+    let a_chunks = a.map(|row| &row.as_chunks::<LANES>().0[..b_chunks.len()]);
     let mut partial = [[0.0f32; LANES]; 4];
     for (chunk, y) in b_chunks.iter().enumerate() {
-        let offset = chunk * LANES;
-        for (sums, anchor) in partial.iter_mut().zip(a) {
-            let x = &anchor[offset..offset + LANES];
-            for ((sum, p), q) in sums.iter_mut().zip(x).zip(y) {
+        for (sums, rows) in partial.iter_mut().zip(&a_chunks) {
+            for ((sum, p), q) in sums.iter_mut().zip(&rows[chunk]).zip(y) {
                 *sum += p * q;
             }
         }

@@ -314,6 +314,31 @@ fn dot4_sums_exactly_as_dot() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn dot4_avx(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    dot4(a, b)
+}
+
+#[test]
+fn the_avx_build_of_the_kernel_gives_the_same_bits() {
+    if !has_avx() {
+        return;
+    }
+    let (rows, _, dim) = positive_set();
+    for b in 0..rows.len() / dim {
+        let anchors = [0, 5, 50, 91].map(|a| row(&rows, dim, a));
+        // SAFETY: the CPU supports AVX (checked above).
+        #[cfg(target_arch = "x86_64")]
+        let four = unsafe { dot4_avx(anchors, row(&rows, dim, b)) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let four = dot4(anchors, row(&rows, dim, b));
+        for (slot, anchor) in anchors.iter().enumerate() {
+            assert_eq!(four[slot].to_bits(), dot(anchor, row(&rows, dim, b)).to_bits());
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_are_rejected() {
     let (rows, labels, dim) = small_set();
