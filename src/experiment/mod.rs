@@ -8,7 +8,8 @@
 //! 2. baseline: the test images search the catalogue with the raw 1280-d features, exactly
 //!    ([`crate::train::retrieval`], MAP@R with the true R = 6,000);
 //! 3. offline mining ([`mine_offline`]) on the catalogue features with default parameters (above
-//!    10,000 items it mines a seeded subset of 10,000);
+//!    10,000 items its thresholds and negatives come from a seeded subset of 10,000; hard
+//!    positives are mined for every catalogue item, within its label);
 //! 4. every [`runs::Mode`] trains a head from the same seed and parameters for the same number of
 //!    optimiser steps, and is evaluated on the test queries at the same checkpoints; two modes
 //!    (offline+online and batch-hard) are repeated with further seeds to show the spread;

@@ -143,7 +143,11 @@ pub fn tables(results: &ExperimentResults) -> String {
     let _ = writeln!(md, "\n### Offline mining\n");
     md.push_str("| quantity | value |\n|---|---|\n");
     let rows = [
-        ("items mined (anchors and candidates)", offline.stats.anchors.to_string()),
+        ("items mined for thresholds and negatives (anchors and candidates)", offline.stats.anchors.to_string()),
+        (
+            "items searched for hard positives (labels with capped candidates)",
+            format!("{} ({})", offline.stats.positive_anchors, offline.stats.capped_positive_labels),
+        ),
         (
             "ordered positive / negative pairs",
             format!("{} / {}", offline.stats.positive_pairs, offline.stats.negative_pairs),

@@ -11,7 +11,8 @@
 //! - `t_pos` = the `positive_quantile` (q_p) quantile of `P`, `t_neg` = the `negative_quantile`
 //!   (q_n) quantile of `N`, both to [`QUANTILE_BINS`]-bin precision (below);
 //! - the hard positives of anchor `a` are the items `b ≠ a` with `label(b) = label(a)` and
-//!   `d(a, b) ≥ t_pos`: the `hard_positives_per_anchor` farthest of them, farthest first;
+//!   `d(a, b) ≥ t_pos`: the `hard_positives_per_anchor` farthest of them, farthest first. Every
+//!   item is such an anchor, also above `max_exact_items` (see Size);
 //! - the hard negatives of `a` are the items `b` with `label(b) ≠ label(a)` and `d(a, b) ≤ t_neg`:
 //!   the `hard_negatives_per_anchor` nearest of them, nearest first.
 //!
@@ -42,10 +43,27 @@
 //!
 //! Up to `max_exact_items` items every ordered pair is computed: anchors in blocks of
 //! [`ANCHOR_BLOCK`] across rayon's threads, with dot products, without storing the N×N matrix
-//! (N = 10,000 is 10⁸ distances). Above it, a uniform subset of `max_exact_items` items drawn with
-//! [`TrainRng`] from `seed` stands in for the catalogue: both anchors and candidates are its items,
-//! statistics and pairs are over it, and indices still refer to the full item list. (Mining the
-//! rest through the vector index is a later step.)
+//! (N = 10,000 is 10⁸ distances).
+//!
+//! Above it, the all-pairs part is what does not scale (N = 60,000 is 3.6·10⁹ distances, nearly
+//! all of them negative), so a uniform subset of `max_exact_items` items drawn with [`TrainRng`]
+//! from `seed` stands in for the catalogue for everything but the positives: the thresholds, the
+//! histogram, the [`MiningStats`] distances and the hard negatives are over the subset's pairs
+//! (anchors and candidates are its items; indices still refer to the full item list).
+//!
+//! Hard positives, though, are mined for **every** item, against every other item of its label,
+//! with the subset's `t_pos`. Training injects one mined positive per anchor, so positives from
+//! the subset alone would confine `offline+online` training to the subset's items (a sixth of the
+//! 60,000-item Fashion-MNIST catalogue). Same-label distances are cheap: `Σ_l n_l²` of them, ten
+//! times fewer than all pairs for ten balanced labels (Fashion-MNIST: 10 × 6,000² = 3.6·10⁸ dot
+//! products of 1280 values). They are computed per label in blocks of [`POSITIVE_BLOCK`] anchors
+//! against all the label's candidates (never an n_l × n_l matrix), each anchor's candidates in
+//! ascending index order with the same dot product as the exact path, so the pairs are exactly
+//! those the rule gives, whatever the number of threads. A label with more than
+//! `max_positive_scan_items` items would cost the square of its size; its anchors (still all of
+//! its items) then search a seeded uniform subset of `max_positive_scan_items` of its items
+//! instead (drawn from `seed` and the label), so its positives are the farthest within that subset.
+//! [`MiningStats::positive_anchors`] and [`MiningStats::capped_positive_labels`] say what was done.
 //!
 //! [`mine_offline`] is pure and deterministic: the same inputs and seed give the same result,
 //! whatever the number of threads (blocks are merged in order).
@@ -61,6 +79,11 @@ use super::rng::TrainRng;
 pub const QUANTILE_BINS: usize = 4096;
 /// Anchors whose distances are computed together, so that each candidate is read once per block.
 pub const ANCHOR_BLOCK: usize = 32;
+/// Anchors of one label whose hard positives are searched together above `max_exact_items`: a
+/// unit of parallel work small enough to spread 6,000-item labels over the threads.
+pub const POSITIVE_BLOCK: usize = 64;
+/// Stream of `seed` from which a capped label's positive candidates are drawn (the label is mixed in).
+const POSITIVE_STREAM: u64 = 0x706f_7369;
 /// The largest distance between two unit vectors.
 const MAX_DISTANCE: f32 = 2.0;
 
@@ -74,9 +97,14 @@ pub struct OfflineMiningParams {
     /// q_n in `[0, 1]`: other-label pairs nearer than this quantile of all negative distances are
     /// hard. Lower keeps fewer, harder negatives. Default 0.1.
     pub negative_quantile: f32,
-    /// At least 2. Above this many items, a seeded subset of this size is mined (cost grows as its
-    /// square: 10,000 is 10⁸ distances). Default 10,000.
+    /// At least 2. Above this many items, thresholds, statistics and hard negatives come from a
+    /// seeded subset of this size (cost grows as its square: 10,000 is 10⁸ distances); hard
+    /// positives are still mined for every item. Default 10,000.
     pub max_exact_items: usize,
+    /// At least 2. Above `max_exact_items`, a label with more items than this searches its hard
+    /// positives among a seeded subset of this many of its items (cost per label: its size times
+    /// this). Default 100,000.
+    pub max_positive_scan_items: usize,
     /// Most hard positives kept per anchor. Default 2.
     pub hard_positives_per_anchor: usize,
     /// Most hard negatives kept per anchor. Default 3.
@@ -93,6 +121,7 @@ impl Default for OfflineMiningParams {
             positive_quantile: 0.9,
             negative_quantile: 0.1,
             max_exact_items: 10_000,
+            max_positive_scan_items: 100_000,
             hard_positives_per_anchor: 2,
             hard_negatives_per_anchor: 3,
             histogram_bins: 64,
@@ -149,6 +178,13 @@ pub struct MiningStats {
     pub negative_pairs: u64,
     pub mean_positive: f32,
     pub mean_negative: f32,
+    /// Items whose same-label candidates were searched for hard positives: every item (also above
+    /// `max_exact_items`). Absent from results mined before positives covered every item.
+    #[serde(default)]
+    pub positive_anchors: usize,
+    /// Labels whose positives were searched in a subset of `max_positive_scan_items` candidates.
+    #[serde(default)]
+    pub capped_positive_labels: usize,
 }
 
 /// The result of offline mining, saved as JSON next to the model version it was mined with.
@@ -184,9 +220,18 @@ pub fn mine_offline(
 ) -> Result<MinedPairs, OfflineMiningError> {
     validate(embeddings, dim, labels, params)?;
     let items = mined_items(labels.len(), params);
+    let avx = has_avx();
     let scans: Vec<BlockScan> = items
         .par_chunks(ANCHOR_BLOCK)
-        .map(|block| scan_block(block, &items, embeddings, dim, labels, params))
+        .map(|block| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX (checked by `has_avx`).
+                return unsafe { scan_block_avx(block, &items, embeddings, dim, labels, params) };
+            }
+            let _ = avx;
+            scan_block(block, &items, embeddings, dim, labels, params)
+        })
         .collect();
 
     let mut positive_bins = vec![0u64; QUANTILE_BINS];
@@ -211,10 +256,19 @@ pub fn mine_offline(
     let negative = fine_edge(quantile_bin(&negative_bins, params.negative_quantile));
     let mut hard_positives = Vec::new();
     let mut hard_negatives = Vec::new();
-    for scan in &scans {
-        for (&anchor, farthest) in scan.anchors.iter().zip(&scan.farthest_positives) {
-            hard_positives.extend(farthest.iter().filter(|(d, _)| *d >= positive).map(|&(_, item)| (anchor, item)));
+    let mut capped_positive_labels = 0;
+    if items.len() == labels.len() {
+        for scan in &scans {
+            for (&anchor, farthest) in scan.anchors.iter().zip(&scan.farthest_positives) {
+                hard_positives.extend(farthest.iter().filter(|(d, _)| *d >= positive).map(|&(_, item)| (anchor, item)));
+            }
         }
+    } else {
+        let mined = mine_all_positives(embeddings, dim, labels, positive, params);
+        hard_positives = mined.pairs;
+        capped_positive_labels = mined.capped_labels;
+    }
+    for scan in &scans {
         for (&anchor, nearest) in scan.anchors.iter().zip(&scan.nearest_negatives) {
             hard_negatives.extend(nearest.iter().filter(|(d, _)| *d <= negative).map(|&(_, item)| (anchor, item)));
         }
@@ -232,6 +286,8 @@ pub fn mine_offline(
             negative_pairs,
             mean_positive: (positive_sum / positive_pairs as f64) as f32,
             mean_negative: (negative_sum / negative_pairs as f64) as f32,
+            positive_anchors: labels.len(),
+            capped_positive_labels,
         },
     })
 }
@@ -261,6 +317,9 @@ fn validate(
     if params.max_exact_items < 2 {
         return Err(OfflineMiningError::InvalidParams("max_exact_items must be at least 2"));
     }
+    if params.max_positive_scan_items < 2 {
+        return Err(OfflineMiningError::InvalidParams("max_positive_scan_items must be at least 2"));
+    }
     if params.histogram_bins == 0 {
         return Err(OfflineMiningError::InvalidParams("histogram_bins must be at least 1"));
     }
@@ -278,6 +337,139 @@ fn mined_items(count: usize, params: &OfflineMiningParams) -> Vec<usize> {
     items
 }
 
+/// One anchor's best candidates `(distance, item)`, best first.
+type Best = Vec<(f32, usize)>;
+
+/// Hard positives of every item, and how many labels had their candidates capped.
+struct AllPositives {
+    pairs: Vec<(usize, usize)>,
+    capped_labels: usize,
+}
+
+/// The hard positives of every item (the rule with threshold `t_pos`), by anchor ascending.
+fn mine_all_positives(
+    embeddings: &[f32],
+    dim: usize,
+    labels: &[u32],
+    t_pos: f32,
+    params: &OfflineMiningParams,
+) -> AllPositives {
+    let mut by_label: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (item, &label) in labels.iter().enumerate() {
+        by_label.entry(label).or_default().push(item);
+    }
+    let mut groups: Vec<(u32, Vec<usize>)> = by_label.into_iter().filter(|(_, items)| items.len() >= 2).collect();
+    groups.sort_unstable_by_key(|&(label, _)| label);
+    let mut capped_labels = 0;
+    // (anchors, candidates) per label; both ascending.
+    let work: Vec<(&[usize], Vec<usize>)> = groups
+        .iter()
+        .map(|(label, items)| {
+            let mut candidates = items.clone();
+            if candidates.len() > params.max_positive_scan_items {
+                capped_labels += 1;
+                let stream = POSITIVE_STREAM ^ u64::from(*label).rotate_left(32);
+                TrainRng::for_stream(params.seed, stream).shuffle(&mut candidates);
+                candidates.truncate(params.max_positive_scan_items);
+                candidates.sort_unstable();
+            }
+            (items.as_slice(), candidates)
+        })
+        .collect();
+    let blocks: Vec<(&[usize], &[usize])> = work
+        .iter()
+        .flat_map(|(anchors, candidates)| {
+            anchors.chunks(POSITIVE_BLOCK).map(move |block| (block, candidates.as_slice()))
+        })
+        .collect();
+    let avx = has_avx();
+    let found: Vec<Vec<(usize, Best)>> = blocks
+        .par_iter()
+        .map(|&(block, candidates)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX (checked by `has_avx`).
+                return unsafe { farthest_positives_avx(block, candidates, embeddings, dim, t_pos, params) };
+            }
+            let _ = avx;
+            farthest_positives(block, candidates, embeddings, dim, t_pos, params)
+        })
+        .collect();
+    let mut per_anchor: Vec<(usize, Best)> = found.into_iter().flatten().collect();
+    // Blocks come label by label; each anchor appears once, so this orders the pairs by anchor.
+    per_anchor.sort_unstable_by_key(|&(anchor, _)| anchor);
+    let pairs = per_anchor
+        .into_iter()
+        .flat_map(|(anchor, farthest)| farthest.into_iter().map(move |(_, item)| (anchor, item)))
+        .collect();
+    AllPositives { pairs, capped_labels }
+}
+
+/// Whether the 8-lane sums of [`dot`] and [`dot4`] can run as single AVX instructions.
+fn has_avx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`farthest_positives`] compiled for AVX: the same additions and products, lane by lane, so the
+/// same bits (without FMA, which would round differently); the default x86-64 target has only SSE2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn farthest_positives_avx(
+    block: &[usize],
+    candidates: &[usize],
+    embeddings: &[f32],
+    dim: usize,
+    t_pos: f32,
+    params: &OfflineMiningParams,
+) -> Vec<(usize, Best)> {
+    farthest_positives(block, candidates, embeddings, dim, t_pos, params)
+}
+
+/// For each anchor of `block`, its `hard_positives_per_anchor` farthest candidates at distance
+/// `≥ t_pos` (itself excluded), farthest first, ties to the lower index.
+#[inline(always)]
+fn farthest_positives(
+    block: &[usize],
+    candidates: &[usize],
+    embeddings: &[f32],
+    dim: usize,
+    t_pos: f32,
+    params: &OfflineMiningParams,
+) -> Vec<(usize, Best)> {
+    let row = |item: usize| &embeddings[item * dim..(item + 1) * dim];
+    let mut farthest = vec![Vec::new(); block.len()];
+    // Anchors four at a time against one candidate: each candidate value loaded once feeds four
+    // dot products. `dot4` sums in the same order as `dot`, so distances are those of the exact path.
+    for (quad_index, quad) in block.chunks(4).enumerate() {
+        let rows: [&[f32]; 4] = std::array::from_fn(|slot| row(quad[slot.min(quad.len() - 1)]));
+        for &candidate in candidates {
+            let dots = dot4(rows, row(candidate));
+            for (slot, &anchor) in quad.iter().enumerate() {
+                if anchor == candidate {
+                    continue;
+                }
+                let d = (2.0 - 2.0 * dots[slot]).max(0.0).sqrt();
+                if d >= t_pos {
+                    keep_best(
+                        &mut farthest[quad_index * 4 + slot],
+                        (d, candidate),
+                        params.hard_positives_per_anchor,
+                        |a, b| a > b,
+                    );
+                }
+            }
+        }
+    }
+    block.iter().copied().zip(farthest).collect()
+}
+
 /// One block of anchors against every candidate: fine-bin counts, sums, and per-anchor extremes.
 struct BlockScan {
     anchors: Vec<usize>,
@@ -291,6 +483,21 @@ struct BlockScan {
     nearest_negatives: Vec<Vec<(f32, usize)>>,
 }
 
+/// [`scan_block`] compiled for AVX, with the same bits (see [`farthest_positives_avx`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn scan_block_avx(
+    block: &[usize],
+    candidates: &[usize],
+    embeddings: &[f32],
+    dim: usize,
+    labels: &[u32],
+    params: &OfflineMiningParams,
+) -> BlockScan {
+    scan_block(block, candidates, embeddings, dim, labels, params)
+}
+
+#[inline(always)]
 fn scan_block(
     block: &[usize],
     candidates: &[usize],
@@ -352,11 +559,13 @@ fn keep_best(list: &mut Vec<(f32, usize)>, entry: (f32, usize), capacity: usize,
 }
 
 /// Euclidean distance between unit vectors through their dot product.
+#[inline(always)]
 fn unit_distance(a: &[f32], b: &[f32]) -> f32 {
     (2.0 - 2.0 * dot(a, b)).max(0.0).sqrt()
 }
 
 /// Dot product over eight independent partial sums, so the compiler can vectorise it.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 8;
     let (a_chunks, a_rest) = a.as_chunks::<LANES>();
@@ -369,6 +578,29 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let rest: f32 = a_rest.iter().zip(b_rest).map(|(p, q)| p * q).sum();
     partial.iter().sum::<f32>() + rest
+}
+
+/// Four dot products against one vector `b` (all of its length), each summed exactly as [`dot`]
+/// sums it.
+#[inline(always)]
+fn dot4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    const LANES: usize = 8;
+    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
+    let split = b_chunks.len() * LANES;
+    // Cut to `b`'s chunk count so that indexing below needs no bounds check.
+    let a_chunks = a.map(|row| &row.as_chunks::<LANES>().0[..b_chunks.len()]);
+    let mut partial = [[0.0f32; LANES]; 4];
+    for (chunk, y) in b_chunks.iter().enumerate() {
+        for (sums, rows) in partial.iter_mut().zip(&a_chunks) {
+            for ((sum, p), q) in sums.iter_mut().zip(&rows[chunk]).zip(y) {
+                *sum += p * q;
+            }
+        }
+    }
+    std::array::from_fn(|slot| {
+        let rest: f32 = a[slot][split..].iter().zip(b_rest).map(|(p, q)| p * q).sum();
+        partial[slot].iter().sum::<f32>() + rest
+    })
 }
 
 fn fine_bin(d: f32) -> usize {

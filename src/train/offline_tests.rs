@@ -170,11 +170,11 @@ fn subsampling_above_max_exact_items_is_seeded_and_deterministic() -> Result<(),
     let mined = mine_offline(&rows, dim, &labels, &params)?;
     assert_eq!(mined.stats.anchors, 24);
     assert_eq!(mined.stats.positive_pairs + mined.stats.negative_pairs, 24 * 23);
-    let mut involved: Vec<usize> =
-        mined.hard_positives.iter().chain(&mined.hard_negatives).flat_map(|&(a, b)| [a, b]).collect();
+    let mut involved: Vec<usize> = mined.hard_negatives.iter().flat_map(|&(a, b)| [a, b]).collect();
     involved.sort_unstable();
     involved.dedup();
     assert!(involved.len() <= 24 && involved.iter().all(|&item| item < labels.len()));
+    assert_eq!(mined.stats.positive_anchors, labels.len());
 
     assert_eq!(mine_offline(&rows, dim, &labels, &params)?, mined);
     let other_seed = mine_offline(&rows, dim, &labels, &OfflineMiningParams { seed: 2, ..params })?;
@@ -182,6 +182,161 @@ fn subsampling_above_max_exact_items_is_seeded_and_deterministic() -> Result<(),
     let exact = OfflineMiningParams::default();
     assert_eq!(mine_offline(&rows, dim, &labels, &exact)?, mine_offline(&rows, dim, &labels, &exact)?);
     Ok(())
+}
+
+/// Every item's hard positives by brute force: same-label items at distance `≥ t_pos`, the `per_anchor`
+/// farthest first, ties to the lower index.
+fn brute_force_positives(
+    rows: &[f32],
+    dim: usize,
+    labels: &[u32],
+    t_pos: f32,
+    per_anchor: usize,
+) -> Vec<(usize, usize)> {
+    let n = labels.len();
+    let mut pairs = Vec::new();
+    for a in 0..n {
+        let mut found: Vec<(f32, usize)> = (0..n)
+            .filter(|&b| b != a && labels[a] == labels[b])
+            .map(|b| (unit_distance(row(rows, dim, a), row(rows, dim, b)), b))
+            .filter(|&(d, _)| d >= t_pos)
+            .collect();
+        found.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+        pairs.extend(found.iter().take(per_anchor).map(|&(_, b)| (a, b)));
+    }
+    pairs
+}
+
+/// 7 labels of 13 items (dimension 37, not a multiple of 8 or 4) plus the lonely label of `small_set`.
+fn positive_set() -> (Vec<f32>, Vec<u32>, usize) {
+    let dim = 37;
+    let (mut rows, mut labels) = clustered(7, 13, dim, 0.7, 21);
+    let (lonely, _) = clustered(1, 1, dim, 0.0, 98);
+    rows.extend(lonely);
+    labels.push(7);
+    (rows, labels, dim)
+}
+
+#[test]
+fn above_max_exact_items_every_item_gets_its_exact_hard_positives() -> Result<(), OfflineMiningError> {
+    let (rows, labels, dim) = positive_set();
+    let n = labels.len();
+    for per_anchor in [1, 2, 5] {
+        let params = OfflineMiningParams {
+            max_exact_items: 30,
+            positive_quantile: 0.6,
+            hard_positives_per_anchor: per_anchor,
+            seed: 4,
+            ..Default::default()
+        };
+        let mined = mine_offline(&rows, dim, &labels, &params)?;
+        let t_pos = mined.thresholds.positive;
+        assert_eq!(mined.hard_positives, brute_force_positives(&rows, dim, &labels, t_pos, per_anchor));
+        assert_eq!((mined.stats.anchors, mined.stats.positive_anchors), (30, n));
+        assert_eq!(mined.stats.capped_positive_labels, 0);
+
+        // Anchors outside the subset get positives too: more than the subset's 30 anchors have one.
+        let injected = mined.injected_positives();
+        assert!(injected.len() > 30, "{} anchors with a positive", injected.len());
+        assert!(!injected.contains_key(&(n - 1)), "the lonely item has no positive");
+
+        // The statistics and negatives are still the subset's alone.
+        assert_eq!(mined.stats.positive_pairs + mined.stats.negative_pairs, 30 * 29);
+        let mut involved: Vec<usize> = mined.hard_negatives.iter().flat_map(|&(a, b)| [a, b]).collect();
+        involved.sort_unstable();
+        involved.dedup();
+        assert!(involved.len() <= 30);
+    }
+    Ok(())
+}
+
+#[test]
+fn positive_mining_does_not_depend_on_the_thread_count() -> Result<(), Box<dyn std::error::Error>> {
+    let (rows, labels, dim) = positive_set();
+    let params = OfflineMiningParams { max_exact_items: 40, positive_quantile: 0.5, ..Default::default() };
+    let capped = OfflineMiningParams { max_positive_scan_items: 6, ..params.clone() };
+    let mine_with = |threads: usize, params: &OfflineMiningParams| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+        Ok::<_, Box<dyn std::error::Error>>(pool.install(|| mine_offline(&rows, dim, &labels, params))?)
+    };
+    for params in [&params, &capped] {
+        let one = mine_with(1, params)?;
+        assert_eq!(one, mine_with(3, params)?);
+        assert_eq!(one, mine_with(8, params)?);
+    }
+    Ok(())
+}
+
+#[test]
+fn capped_labels_search_a_seeded_subset_of_candidates() -> Result<(), OfflineMiningError> {
+    let (rows, labels, dim) = positive_set();
+    let n = labels.len();
+    let base = OfflineMiningParams { max_exact_items: 30, positive_quantile: 0.3, ..Default::default() };
+    let full = mine_offline(&rows, dim, &labels, &base)?;
+    // A cap at the largest label's size changes nothing.
+    let at_size =
+        mine_offline(&rows, dim, &labels, &OfflineMiningParams { max_positive_scan_items: 13, ..base.clone() })?;
+    assert_eq!(at_size, full);
+
+    let capped_params = OfflineMiningParams { max_positive_scan_items: 5, ..base.clone() };
+    let capped = mine_offline(&rows, dim, &labels, &capped_params)?;
+    assert_eq!(capped.stats.capped_positive_labels, 7);
+    assert_eq!(capped.thresholds, full.thresholds);
+    let d = |a: usize, b: usize| unit_distance(row(&rows, dim, a), row(&rows, dim, b));
+    let mut candidates_per_label: HashMap<u32, Vec<usize>> = HashMap::new();
+    for &(a, p) in &capped.hard_positives {
+        assert!(a != p && labels[a] == labels[p] && d(a, p) >= capped.thresholds.positive);
+        candidates_per_label.entry(labels[a]).or_default().push(p);
+    }
+    for (label, mut seen) in candidates_per_label {
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() <= 5, "label {label} drew positives from {} candidates", seen.len());
+    }
+    // Every anchor of a label searches the same candidates, so all anchors still get positives.
+    assert!(capped.injected_positives().len() > 30);
+    assert!(capped.injected_positives().len() < n);
+    assert_eq!(mine_offline(&rows, dim, &labels, &capped_params)?, capped);
+    let other_seed = mine_offline(&rows, dim, &labels, &OfflineMiningParams { seed: 9, ..capped_params })?;
+    assert_ne!(other_seed.hard_positives, capped.hard_positives);
+    Ok(())
+}
+
+#[test]
+fn dot4_sums_exactly_as_dot() {
+    let (rows, _, dim) = positive_set();
+    for b in 0..10 {
+        let anchors = [3, 17, 40, 88].map(|a| row(&rows, dim, a));
+        let four = dot4(anchors, row(&rows, dim, b));
+        for (slot, anchor) in anchors.iter().enumerate() {
+            assert_eq!(four[slot].to_bits(), dot(anchor, row(&rows, dim, b)).to_bits());
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn dot4_avx(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
+    dot4(a, b)
+}
+
+#[test]
+fn the_avx_build_of_the_kernel_gives_the_same_bits() {
+    if !has_avx() {
+        return;
+    }
+    let (rows, _, dim) = positive_set();
+    for b in 0..rows.len() / dim {
+        let anchors = [0, 5, 50, 91].map(|a| row(&rows, dim, a));
+        // SAFETY: the CPU supports AVX (checked above).
+        #[cfg(target_arch = "x86_64")]
+        let four = unsafe { dot4_avx(anchors, row(&rows, dim, b)) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let four = dot4(anchors, row(&rows, dim, b));
+        for (slot, anchor) in anchors.iter().enumerate() {
+            assert_eq!(four[slot].to_bits(), dot(anchor, row(&rows, dim, b)).to_bits());
+        }
+    }
 }
 
 #[test]
@@ -207,6 +362,7 @@ fn bad_inputs_are_rejected() {
         OfflineMiningParams { positive_quantile: 1.5, ..Default::default() },
         OfflineMiningParams { max_exact_items: 1, ..Default::default() },
         OfflineMiningParams { histogram_bins: 0, ..Default::default() },
+        OfflineMiningParams { max_positive_scan_items: 1, ..Default::default() },
     ] {
         assert!(matches!(mine(&rows, dim, &labels, &bad), Some(OfflineMiningError::InvalidParams(_))));
     }
