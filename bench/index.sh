@@ -14,7 +14,7 @@
 # --tiny: only a 5,000-vector synthetic set and three ef values, for CI (seconds).
 #
 # Settings (environment): SYNTHETIC_N (1000000), SYNTHETIC_QUERIES (10000), FASHION_QUERIES
-# (2000), EFS
+# (2000), DATASETS ("fashion synthetic": which to run), EFS
 # ("10 20 40 80 160 320"), BUILD_THREADS (all cores; every engine builds with this many, and
 # answers queries on one thread), BENCH_DATA (/var/tmp/lookalike-bench/index), BENCH_VENV
 # (/var/tmp/lookalike-bench-venv, created with faiss-cpu, hnswlib and numpy from pip when
@@ -56,9 +56,12 @@ if $tiny; then
 else
     efs=${EFS:-10 20 40 80 160 320}
     queries=${FASHION_QUERIES:-2000}
+    wanted=${DATASETS:-fashion synthetic}
     train=$(compgen -G "$features/*-train-60000.f32" | head -n 1 || true)
     test=$(compgen -G "$features/*-t10k-10000.f32" | head -n 1 || true)
-    if [[ -n "$train" && -n "$test" ]]; then
+    if [[ " $wanted " != *" fashion "* ]]; then
+        :
+    elif [[ -n "$train" && -n "$test" ]]; then
         datasets+=("fashion-${queries}q")
         [[ -f "$data/fashion-${queries}q/truth.knn" ]] ||
             "$py" bench/index/data.py --out "$data/fashion-${queries}q" fashion \
@@ -69,9 +72,11 @@ else
     n=${SYNTHETIC_N:-1000000}
     synthetic_queries=${SYNTHETIC_QUERIES:-10000}
     name="synthetic-$n-${synthetic_queries}q"
-    datasets+=("$name")
-    [[ -f "$data/$name/truth.knn" ]] ||
-        "$py" bench/index/data.py --out "$data/$name" synthetic --n "$n" --queries "$synthetic_queries"
+    if [[ " $wanted " == *" synthetic "* ]]; then
+        datasets+=("$name")
+        [[ -f "$data/$name/truth.knn" ]] ||
+            "$py" bench/index/data.py --out "$data/$name" synthetic --n "$n" --queries "$synthetic_queries"
+    fi
 fi
 
 results="$out/index.jsonl"
@@ -81,12 +86,13 @@ for dataset in "${datasets[@]}"; do
     # One process per engine, so that each peak memory figure is that engine's alone.
     # shellcheck disable=SC2086 # $efs is a list of numbers
     {
-        echo "-- $dataset: lookalike" >&2
+        echo "-- $dataset: lookalike, from $(date +%T)" >&2
         "$bench_bin" "$data/$dataset" "$threads" $efs
         for peer in hnswlib faiss; do
-            echo "-- $dataset: $peer" >&2
+            echo "-- $dataset: $peer, from $(date +%T)" >&2
             "$py" bench/index/peers.py "$peer" "$data/$dataset" "$threads" $efs
         done
     } | tee -a "$results" >&2
 done
+echo "-- done at $(date +%T)" >&2
 "$py" bench/index/table.py "$results"
