@@ -186,6 +186,21 @@ fn deleted_ids_never_come_back() {
     }
 }
 
+/// A caller that claims every stored id matches when some do not (a count gone stale) still
+/// gets only matching ids, and k of them: the unfiltered fast path checks its answer.
+#[test]
+fn an_overstated_matching_count_still_honours_the_filter() {
+    let f = fixture();
+    for query in &f.queries {
+        let nearest: HashSet<u64> = exact(f, query, 5, &|_| true).iter().map(|n| n.id).collect();
+        let keep = |id: u64| !nearest.contains(&id);
+        let hits = f.index.search(query, K, &keep, POINTS);
+        assert_eq!(hits.len(), K);
+        assert!(hits.iter().all(|n| keep(n.id)), "a filtered-out id came back");
+        assert_sorted(&hits);
+    }
+}
+
 #[test]
 fn small_index_answers_exactly() {
     let f = fixture();
