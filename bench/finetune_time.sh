@@ -16,25 +16,10 @@ input_size=${2:-64}
 shift $(( $# < 2 ? $# : 2 ))
 params=()
 for pair in "$@"; do params+=(--param "$pair"); done
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lookalike-target}"
-cargo build --quiet --bins
-bin="$CARGO_TARGET_DIR/debug"
-work=$(mktemp -d)
-out=bench/out
-mkdir -p "$out"
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-"$bin/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$per_label" --queries-per-label "${QUERIES_PER_LABEL:-100}"
-port=$((20000 + RANDOM % 20000))
-url="http://127.0.0.1:$port"
-export LOOKALIKE__SERVER__ADDR=127.0.0.1:$port LOOKALIKE__DATA_DIR="$work/data" LOOKALIKE__MODEL__INPUT_SIZE=$input_size
-if [[ -n "${LOOKALIKE_WEIGHTS:-}" ]]; then export LOOKALIKE__MODEL__WEIGHTS="$LOOKALIKE_WEIGHTS"; fi
-"$bin/lookalike" serve 2> "$work/server.log" &
-server=$!
-for _ in $(seq 600); do
-    curl -fs "$url/readyz" > /dev/null && break
-    sleep 0.5
-done
+source bench/server.sh
+"$bin/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$per_label" \
+    --queries-per-label "${QUERIES_PER_LABEL:-100}"
+start_server
 echo "== $((per_label * 10)) catalogue items at $input_size px; $(nproc) cores"
 "$bin/lookalike" ingest "$work/fmnist/catalogue.zip" --dataset fashion --server "$url"
 echo "== pretrained model: 1,000 test queries"
