@@ -216,28 +216,13 @@ impl AppState {
         };
         state.fill_catalog(items);
         let generation = state.generation.load_full();
-        let missing: Vec<_> = items.iter().filter(|r| r.seq > generation.covered_seq()).collect();
+        let missing: Vec<_> = items.iter().filter(|r| r.seq > generation.covered_seq()).cloned().collect();
         if !missing.is_empty() {
-            tracing::info!(dataset = name, items = missing.len(), "embedding items the saved index lacks");
-            for chunk in missing.chunks(self.settings.jobs.ingest_chunk) {
-                let mut vectors = Vec::with_capacity(chunk.len());
-                let mut inputs = Vec::with_capacity(chunk.len());
-                let mut seqs = Vec::with_capacity(chunk.len());
-                for record in chunk {
-                    let bytes = self.blobs.get(&record.blob)?;
-                    let prepared = crate::prepare::prepare(
-                        &bytes,
-                        self.settings.limits.max_image_pixels,
-                        self.embedder.model().input_size,
-                    )
-                    .map_err(|e| anyhow::anyhow!("stored image of {:?} unreadable: {e}", record.item.item_id))?;
-                    inputs.push(prepared.input);
-                    seqs.push(record.seq);
-                }
-                let embedded = self.embedder.embed_many_blocking(inputs)?;
-                vectors.extend(seqs.into_iter().zip(embedded));
-                generation.append(&vectors);
-            }
+            tracing::info!(dataset = name, items = missing.len(), "adding items the saved index lacks");
+            // The feature cache usually has them (ingest writes it); the rest are embedded and cached.
+            let features = crate::models::features_of(self, name, &missing, &Default::default(), &mut |_, _| {})
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>());
             generation.save(&dir)?;
         }
         Ok(state)

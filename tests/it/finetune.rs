@@ -283,3 +283,22 @@ async fn a_finetune_job_interrupted_by_a_stop_is_resumed() {
     assert_eq!(dataset["model"], job["result"]["model"]);
     server.stop().await.expect("stop");
 }
+
+/// A lost index is rebuilt at start from the feature cache (ingest wrote it), with the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_index_is_rebuilt_at_start_from_the_feature_cache() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let subset = support::fashion_subset(10, 1);
+    let settings = support::settings(data.path());
+    let (server, client) = support::start(settings.clone()).await;
+    support::ingest(&client, "lost", subset.catalogue_zip.clone()).await;
+    let query = &subset.queries[0].1;
+    let before = search(&client, "lost", query).await;
+    server.stop().await.expect("stop");
+
+    std::fs::remove_dir_all(data.path().join("indexes/lost")).expect("remove the index");
+    let (server, client) = support::start(settings).await;
+    assert_eq!(search(&client, "lost", query).await, before);
+    assert!(data.path().join("indexes/lost").exists(), "the rebuilt index was saved");
+    server.stop().await.expect("stop");
+}
