@@ -154,7 +154,7 @@ impl Generation {
         }
         match &self.head {
             Some(head) => {
-                let features: Vec<Vec<f32>> = items.iter().map(|(_, f)| f.clone()).collect();
+                let features: Vec<&[f32]> = items.iter().map(|(_, f)| f.as_slice()).collect();
                 let embedded: Vec<(u64, Vec<f32>)> =
                     items.iter().map(|(seq, _)| *seq).zip(head.project_many(&features)).collect();
                 self.index.insert_batch(&embedded);

@@ -487,7 +487,7 @@ fn evaluate(
     let embed = |indices: &[usize]| -> Vec<f32> {
         match &model.head {
             Some(head) => {
-                let rows: Vec<Vec<f32>> = indices.iter().map(|&i| features[i].clone()).collect();
+                let rows: Vec<&[f32]> = indices.iter().map(|&i| features[i].as_slice()).collect();
                 head.project_many(&rows).into_iter().flatten().collect()
             }
             None => gather(features, indices),

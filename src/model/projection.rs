@@ -65,7 +65,7 @@ impl Projection {
     }
 
     /// Many feature vectors, in parallel.
-    pub fn project_many(&self, features: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    pub fn project_many(&self, features: &[&[f32]]) -> Vec<Vec<f32>> {
         features.par_iter().map(|f| self.project(f)).collect()
     }
 }
