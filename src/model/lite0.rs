@@ -14,8 +14,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::depthwise::Padding;
+use super::fused;
 use super::nhwc::{bias_act, depthwise_bias_act};
 
 /// Batch-norm epsilon the weights were trained with (TensorFlow's default).
@@ -109,6 +111,28 @@ impl FoldedConv {
     }
 
     fn forward(&self, x: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
+        self.forward_with(x, None, relu6)
+    }
+
+    /// `conv(x) + bias (+ residual)`, then ReLU6 when `relu6`; `residual` only
+    /// for a pointwise convolution, whose output it must match in shape.
+    fn forward_with(&self, x: &Tensor, residual: Option<&Tensor>, relu6: bool) -> candle_core::Result<Tensor> {
+        if fused::usable(x) {
+            match self.kind {
+                ConvKind::Pointwise => return fused::pointwise(x, &self.weight, &self.bias, residual, relu6),
+                ConvKind::Full if relu6 => return fused::stem(x, &self.weight, &self.bias, self.stride),
+                _ => {}
+            }
+        }
+        let y = self.forward_candle(x, relu6)?;
+        match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        }
+    }
+
+    /// The same through candle's ops, for devices without fused kernels.
+    fn forward_candle(&self, x: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
         match self.kind {
             ConvKind::Pointwise => {
                 let (n, h, w, c) = x.dims4()?;
@@ -146,8 +170,7 @@ impl Block {
             y = expand.forward(&y, true)?;
         }
         y = self.depthwise.forward(&y, true)?;
-        y = self.project.forward(&y, false)?;
-        if self.residual { y + x } else { Ok(y) }
+        self.project.forward_with(&y, self.residual.then_some(x), false)
     }
 }
 
@@ -232,6 +255,23 @@ impl Lite0 {
         if c != 3 || h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
             candle_core::bail!("Lite0 wants N×3×S×S with S ≥ {MIN_INPUT_SIZE}, got {:?}", x.dims());
         }
+        let n = x.dim(0)?;
+        if n > 1 && x.device().is_cpu() {
+            // On the CPU one image per task beats one batched pass: a batch of 32 at
+            // 224 px is 150 MB of activations per layer, far past the caches, and small
+            // late layers split badly across threads. Each image's ops still fan out
+            // over idle threads when there are fewer images than threads.
+            let rows = (0..n)
+                .into_par_iter()
+                .map(|i| self.pooled(&x.narrow(0, i, 1)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Tensor::cat(&rows, 0);
+        }
+        self.pooled(x)
+    }
+
+    /// The forward pass behind [`features`](Self::features), over the whole batch at once.
+    fn pooled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut y = self.stem.forward(x, true)?;
         for block in &self.blocks {
             y = block.forward(&y)?;

@@ -9,11 +9,13 @@
 
 pub mod depthwise;
 pub mod fetch;
+mod fused;
 pub mod import;
 pub mod lite0;
 pub mod nhwc;
 pub mod preprocess;
 pub mod projection;
+mod simd;
 
 use std::path::Path;
 

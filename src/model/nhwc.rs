@@ -7,13 +7,18 @@
 //! backward pass (training uses [`super::depthwise`] in N×C×H×W). Work is
 //! split over rows on rayon's pool.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp3, DType, InplaceOp2, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::depthwise::Padding;
+use super::simd::{Simd, depthwise_pixel};
 
 /// Upper clamp of ReLU6.
 const RELU6_MAX: f32 = 6.0;
+/// Largest depthwise kernel (taps) the channels-last kernel takes; Lite0's is 5×5.
+const MAX_TAPS: usize = 49;
 
 /// `x + bias` over the last dimension, then ReLU6 when `relu6`. On CPU it
 /// overwrites `x`'s storage and returns it: pass only a tensor just produced
@@ -149,41 +154,37 @@ struct DepthwiseRows<'a> {
     stride: usize,
     pad: Padding,
     relu6: bool,
+    simd: Simd,
 }
 
 impl DepthwiseRows<'_> {
-    /// Output row `row` (image `row / out_rows`, line `row % out_rows`).
-    #[inline(always)]
-    fn run(&self, row: usize, out_row: &mut [f32]) {
+    /// Output row `row` (image `row / out_rows`, line `row % out_rows`),
+    /// written in full (every element of `out_row`).
+    ///
+    /// The taps inside the image are listed once per output pixel, and
+    /// [`depthwise_pixel`] sums them for all channels.
+    fn run(&self, row: usize, out_row: &mut [MaybeUninit<f32>]) {
         let ((h, w, c), (kh, kw), s, pad) = (self.dims, self.kernel, self.stride, self.pad);
         let (img, oy) = (row / self.out_rows, row % self.out_rows);
         let image = &self.x[img * h * w * c..(img + 1) * h * w * c];
         // Filter rows whose input row is inside the image.
         let ky_lo = pad.top.saturating_sub(oy * s);
         let ky_hi = (h + pad.top).saturating_sub(oy * s).min(kh);
-        for (ox, acc) in out_row.chunks_exact_mut(c).enumerate() {
-            acc.copy_from_slice(self.bias);
+        let mut taps = [(0usize, 0usize); MAX_TAPS];
+        for (ox, out) in out_row.chunks_exact_mut(c).enumerate() {
             let kx_lo = pad.left.saturating_sub(ox * s);
             let kx_hi = (w + pad.left).saturating_sub(ox * s).min(kw);
+            // (pixel offset, filter offset) of every tap inside the image.
+            let mut count = 0;
             for ky in ky_lo..ky_hi {
                 let iy = oy * s + ky - pad.top;
                 for kx in kx_lo..kx_hi {
-                    let ix = ox * s + kx - pad.left;
-                    let pixel = &image[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                    let tap = &self.filter[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
-                    for ((a, &v), &t) in acc.iter_mut().zip(pixel).zip(tap) {
-                        *a += v * t;
-                    }
+                    taps[count] = ((iy * w + ox * s + kx - pad.left) * c, (ky * kw + kx) * c);
+                    count += 1;
                 }
             }
-            activate(acc, self.relu6);
+            depthwise_pixel(self.simd, image, self.filter, &taps[..count], self.bias, self.relu6, out);
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn run_avx2(&self, row: usize, out_row: &mut [f32]) {
-        self.run(row, out_row);
     }
 }
 
@@ -222,18 +223,19 @@ impl CustomOp3 for DepthwiseNhwc {
             stride: s,
             pad,
             relu6: self.relu6,
+            simd: Simd::detect(),
         };
-        let avx2 = has_avx2();
-        let mut out = vec![0f32; n * ho * wo * c];
-        out.par_chunks_exact_mut(wo * c).enumerate().for_each(|(row, out_row)| {
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU supports AVX2 and FMA (checked by `has_avx2`).
-                return unsafe { rows.run_avx2(row, out_row) };
-            }
-            let _ = avx2;
-            rows.run(row, out_row);
-        });
+        if kh * kw > MAX_TAPS {
+            bail!("depthwise: a {kh}×{kw} kernel has more than {MAX_TAPS} taps");
+        }
+        let len = n * ho * wo * c;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_exact_mut(wo * c)
+            .enumerate()
+            .for_each(|(row, out_row)| rows.run(row, out_row));
+        // SAFETY: `run` wrote every element of every output row, and the rows cover `len`.
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
     }
 }
@@ -246,7 +248,14 @@ mod tests {
     #[test]
     fn depthwise_matches_channels_first() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        for (n, c, h, w, k, s) in [(2, 5, 9, 8, 3, 2), (1, 7, 7, 7, 5, 1), (3, 4, 6, 11, 5, 2), (1, 3, 2, 2, 3, 1)] {
+        for (n, c, h, w, k, s) in [
+            (2, 5, 9, 8, 3, 2),
+            (1, 7, 7, 7, 5, 1),
+            (3, 4, 6, 11, 5, 2),
+            (1, 3, 2, 2, 3, 1),
+            (1, 72, 5, 6, 3, 2),
+            (2, 64, 4, 4, 5, 1),
+        ] {
             let pad = Padding::same(h, w, k, s);
             let x = Tensor::randn(0f32, 2f32, (n, c, h, w), &dev)?;
             let wf = Tensor::randn(0f32, 1f32, (c, 1, k, k), &dev)?;
