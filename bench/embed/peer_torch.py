@@ -1,0 +1,170 @@
+"""PyTorch peer for bench/embed.sh: EfficientNet-Lite0 pooled features, timed.
+
+Builds Lite0 in plain torch from the same legacy .pth state dict lookalike imports
+(B0 stage layout, no squeeze-and-excitation, ReLU6, TensorFlow "same" padding,
+batch-norm eps 1e-3), folds batch norm into the convolutions, and times the forward
+pass at the given input size and batch sizes under `torch.inference_mode()`.
+
+Set-ups timed, each reported (the table takes the fastest, PyTorch at its best):
+  eager            NCHW, folded batch norm
+  channels_last    the same with channels_last memory format
+  jit_frozen       channels_last, torch.jit.trace + torch.jit.freeze +
+                   optimize_for_inference (oneDNN fusions)
+
+It also embeds the fixed input in --check-input (raw little-endian f32, N×3×S×S)
+and writes the features to --check-output, so the script can compare them with
+lookalike's on the same pixels.
+
+Prints one JSON line per (set-up, batch).
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BN_EPS = 1e-3
+# (expand, kernel, stride, repeats, out_channels) of EfficientNet-B0, which Lite0 shares.
+STAGES = [(1, 3, 1, 1, 16), (6, 3, 2, 2, 24), (6, 5, 2, 2, 40), (6, 3, 2, 3, 80),
+          (6, 5, 1, 3, 112), (6, 5, 2, 4, 192), (6, 3, 1, 1, 320)]
+
+
+def same_padding(size, kernel, stride):
+    """TensorFlow "same": output ceil(size/stride), an odd total goes to the end."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def fold(sd, conv, bn):
+    """Conv weight and bias with the batch norm that follows it folded in."""
+    w = sd[f"{conv}.weight"].float()
+    scale = sd[f"{bn}.weight"].float() / torch.sqrt(sd[f"{bn}.running_var"].float() + BN_EPS)
+    bias = sd[f"{bn}.bias"].float() - sd[f"{bn}.running_mean"].float() * scale
+    return torch.nn.Parameter(w * scale.reshape(-1, 1, 1, 1), requires_grad=False), \
+        torch.nn.Parameter(bias, requires_grad=False)
+
+
+class Conv(torch.nn.Module):
+    def __init__(self, sd, conv, bn, stride, groups, size, act):
+        super().__init__()
+        self.weight, self.bias = fold(sd, conv, bn)
+        k = self.weight.shape[-1]
+        self.stride, self.groups, self.act = stride, groups, act
+        top, bottom = same_padding(size, k, stride)
+        # Symmetric padding goes into the convolution; asymmetric (stride 2) is a separate pad.
+        if top == bottom:
+            self.conv_pad, self.pre_pad = top, None
+        else:
+            self.conv_pad, self.pre_pad = 0, (top, bottom, top, bottom)
+        self.out_size = math.ceil(size / stride)
+
+    def forward(self, x):
+        if self.pre_pad is not None:
+            x = F.pad(x, self.pre_pad)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.conv_pad, 1, self.groups)
+        return F.relu6(y) if self.act else y
+
+
+class Block(torch.nn.Module):
+    def __init__(self, sd, p, c_in, expand, kernel, stride, c_out, size):
+        super().__init__()
+        hidden = c_in * expand
+        self.expand = Conv(sd, f"{p}._expand_conv", f"{p}._bn0", 1, 1, size, True) if expand != 1 else None
+        self.dw = Conv(sd, f"{p}._depthwise_conv", f"{p}._bn1", stride, hidden, size, True)
+        self.project = Conv(sd, f"{p}._project_conv", f"{p}._bn2", 1, 1, self.dw.out_size, False)
+        self.residual = stride == 1 and c_in == c_out
+        self.out_size = self.dw.out_size
+
+    def forward(self, x):
+        y = x if self.expand is None else self.expand(x)
+        y = self.project(self.dw(y))
+        return y + x if self.residual else y
+
+
+class Lite0(torch.nn.Module):
+    def __init__(self, sd, size):
+        super().__init__()
+        self.stem = Conv(sd, "_conv_stem", "_bn0", 2, 1, size, True)
+        size, c, blocks = self.stem.out_size, 32, []
+        for expand, kernel, stride, repeats, c_out in STAGES:
+            for r in range(repeats):
+                b = Block(sd, f"_blocks.{len(blocks)}", c, expand, kernel, stride if r == 0 else 1, c_out, size)
+                blocks.append(b)
+                size, c = b.out_size, c_out
+        self.blocks = torch.nn.Sequential(*blocks)
+        self.head = Conv(sd, "_conv_head", "_bn1", 1, 1, size, True)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x))).mean((2, 3))
+
+
+def timed(model, x, min_images, min_rounds):
+    """Best and median seconds per image over repeated forward passes (after warm-up)."""
+    with torch.inference_mode():
+        # The JIT's profiling executor optimises the graph during the first runs.
+        for _ in range(3):
+            model(x)
+        rounds = max(min_rounds, -(-min_images // x.shape[0]))
+        per_image = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            model(x)
+            per_image.append((time.perf_counter() - start) / x.shape[0])
+    per_image.sort()
+    return per_image[0], per_image[len(per_image) // 2], rounds
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", required=True, help="efficientnet-lite0-57934424.pth")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batches", default="1,32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-images", type=int, default=64)
+    ap.add_argument("--min-rounds", type=int, default=5)
+    ap.add_argument("--setups", default="eager,channels_last,jit_frozen")
+    ap.add_argument("--check-input")
+    ap.add_argument("--check-output")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    sd = torch.load(args.weights, map_location="cpu")
+    model = Lite0(sd, args.size).eval()
+    s = args.size
+
+    if args.check_input:
+        x = torch.from_numpy(np.fromfile(args.check_input, dtype="<f4").reshape(-1, 3, s, s))
+        with torch.inference_mode():
+            model(x).numpy().astype("<f4").tofile(args.check_output)
+
+    torch.manual_seed(0)
+    for batch in [int(b) for b in args.batches.split(",")]:
+        x = torch.randn(batch, 3, s, s)
+        for setup in args.setups.split(","):
+            if setup == "eager":
+                m, xi = model, x
+            elif setup == "channels_last":
+                m, xi = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+            elif setup == "jit_frozen":
+                m = model.to(memory_format=torch.channels_last)
+                xi = x.to(memory_format=torch.channels_last)
+                with torch.inference_mode():
+                    traced = torch.jit.trace(m, xi)
+                m = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            else:
+                sys.exit(f"unknown set-up {setup}")
+            best, median, rounds = timed(m, xi, args.min_images, args.min_rounds)
+            model = model.to(memory_format=torch.contiguous_format)
+            print(json.dumps({"engine": "pytorch", "setup": setup, "size": s, "batch": batch,
+                              "threads": torch.get_num_threads(), "rounds": rounds,
+                              "best_ms_per_image": best * 1e3, "median_ms_per_image": median * 1e3,
+                              "images_per_s": 1.0 / median, "torch": torch.__version__}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
