@@ -17,7 +17,9 @@
 //! - [`retrieval`]: exact Recall@K and MAP@R of queries against a gallery, for evaluating heads
 //!   without the server;
 //! - [`trainer`]: [`train_head`], the head-only training loop over cached backbone features, with
-//!   its [`TrainParams`], per-step [`StepReport`]s, cancellation and collapse guard.
+//!   its [`TrainParams`], per-step [`StepReport`]s, cancellation and collapse guard;
+//! - [`tail`]: [`BackboneTail`], the backbone's last block and head convolution trained together
+//!   with the head from cached block inputs ([`train_tail`]; benchmarked, not used by jobs yet).
 //!
 //! A training step reads: draw a [`PkBatch`], embed its items, compute [`pairwise_distances`],
 //! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
@@ -36,6 +38,7 @@ pub mod plot;
 pub mod retrieval;
 pub mod rng;
 pub mod sampler;
+pub mod tail;
 pub mod trainer;
 
 #[cfg(test)]
@@ -50,6 +53,7 @@ pub use offline::{
 };
 pub use rng::TrainRng;
 pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
+pub use tail::{BackboneTail, train_tail};
 pub use trainer::{
     COLLAPSE_DISTANCE_GAP, COLLAPSE_LOSS_TOLERANCE, COLLAPSE_WINDOW, StepReport, TrainError, TrainParams, TrainedHead,
     recall_at_1, train_head,
