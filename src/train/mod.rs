@@ -2,6 +2,7 @@
 //!
 //! This module owns the pieces of online triplet training that do not depend on the model, the
 //! data store or the job system:
+//! - [`adamw`]: [`FusedAdamW`], candle's AdamW update computed in one in-place pass per weight;
 //! - [`distance`]: the differentiable pairwise distance matrix of a batch's embeddings;
 //! - [`miners`]: which triplets of a batch to train on ([`Mining`]: batch-hard, batch-all,
 //!   semi-hard, random);
@@ -29,6 +30,7 @@
 //! and [`retrieval::evaluate`], which spread their rows over rayon's pool (and candle's matmul
 //! threads) and merge them in a fixed order.
 
+pub mod adamw;
 pub mod distance;
 pub mod head;
 pub mod losses;
@@ -44,6 +46,7 @@ pub mod trainer;
 #[cfg(test)]
 mod tests;
 
+pub use adamw::FusedAdamW;
 pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances};
 pub use head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
 pub use losses::{Reduction, loss_value, triplet_loss};

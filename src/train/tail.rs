@@ -22,8 +22,9 @@
 use std::ops::ControlFlow;
 
 use candle_core::{D, DType, Device, Module, Result, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
+use super::adamw::FusedAdamW;
 use super::distance::{distances_to_vec, pairwise_distances};
 use super::head::EmbeddingHead;
 use super::losses::triplet_loss;
@@ -168,7 +169,7 @@ pub fn train_tail(
     let shape = PkShape { labels_per_batch: params.batch_classes, items_per_label: params.batch_per_class };
     let sampler = PkSampler::new(labels, shape, params.seed)?;
     let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
-    let mut optimizer = AdamW::new(tail.varmap.all_vars(), adamw)?;
+    let mut optimizer = FusedAdamW::new(tail.varmap.all_vars(), adamw)?;
     let mining = params.mining;
     let mut mining_seeds = TrainRng::for_stream(params.seed, MINING_STREAM);
     let device = Device::Cpu;
