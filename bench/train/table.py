@@ -4,9 +4,13 @@ Usage: table.py RESULTS.jsonl
 
 One row per part (head-only; last block + head), from the lookalike and pytorch lines of the
 same run: steps/s of each, their ratio (lookalike / PyTorch; the goal of issue 4 is ≥ 1.0),
-the largest difference between the two sides' losses over the first steps they both report
-(same initial weights, same batches), and for the tail the largest difference between the two
-forward passes before any step.
+the largest difference between the two sides' losses over the first AGREEMENT_STEPS steps (same
+initial weights, same batches), and for the tail the largest difference between the two forward
+passes before any step. Below the table, the loss difference over every reported step. For the
+tail it grows after a few steps, most likely because Adam's first updates are about lr·sign(g),
+so rounding-level differences in near-zero gradients become lr-sized weight differences, which
+then change which triplets batch-hard picks (not established; the tail's gradients are checked
+against candle's own conv2d autograd in src/train/tail_tests.rs).
 """
 
 import json
@@ -14,12 +18,16 @@ import sys
 
 ROWS = {"head": "head-only (cached features)", "tail": "last block + head"}
 GOAL = 1.0
+AGREEMENT_STEPS = 5
 
 
 def main():
     lines = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     by = {(r["part"], r["engine"]): r for r in lines}
-    print("| training step | items | lookalike steps/s | PyTorch steps/s | ratio | loss max abs diff (steps) | forward max abs diff |")
+    print(
+        "| training step | items | lookalike steps/s | PyTorch steps/s | ratio "
+        f"| loss max abs diff, steps 1–{AGREEMENT_STEPS} | forward max abs diff |"
+    )
     print("|---|--:|--:|--:|--:|--:|--:|")
     verdicts = []
     for part, title in ROWS.items():
@@ -27,15 +35,18 @@ def main():
         if not ours or not theirs:
             continue
         ratio = ours["steps_per_s"] / theirs["steps_per_s"]
-        pairs = list(zip(ours["losses"], theirs["losses"]))
-        loss_diff = max(abs(a - b) for a, b in pairs)
+        diffs = [abs(a - b) for a, b in zip(ours["losses"], theirs["losses"])]
+        loss_diff = max(diffs[:AGREEMENT_STEPS])
         forward = theirs.get("forward_max_abs_diff")
         forward = f"{forward:.1e}" if forward is not None else "–"
         print(
             f"| {title} | {ours['items']:,} | {ours['steps_per_s']:,.1f} | {theirs['steps_per_s']:,.1f} "
-            f"| {ratio:.2f} | {loss_diff:.1e} ({len(pairs)}) | {forward} |"
+            f"| {ratio:.2f} | {loss_diff:.1e} | {forward} |"
         )
-        verdicts.append(f"{title}: ratio {ratio:.2f} ({'met' if ratio >= GOAL else 'not met'}, goal ≥ {GOAL})")
+        verdicts.append(
+            f"{title}: ratio {ratio:.2f} ({'met' if ratio >= GOAL else 'not met'}, goal ≥ {GOAL}); "
+            f"loss max abs diff over all {len(diffs)} reported steps {max(diffs):.1e}"
+        )
     print()
     for line in verdicts:
         print(f"- {line}")

@@ -21,7 +21,9 @@
 
 use std::ops::ControlFlow;
 
-use candle_core::{D, DType, Device, Module, Result, Tensor, Var};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Module, Result, Shape, Tensor, Var, bail,
+};
 use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use super::adamw::FusedAdamW;
@@ -148,8 +150,58 @@ fn pointwise(x: &Tensor, (weight, bias): &(Tensor, Tensor)) -> Result<Tensor> {
     x.reshape(((), c))?.matmul(weight)?.broadcast_add(bias)
 }
 
+/// `min(max(x, 0), 6)`; on CPU `f32` one op whose gradient passes strictly inside (0, 6), as
+/// PyTorch's `relu6` does. (`relu` then `minimum` costs four ops and a comparison mask built from
+/// several temporaries in the backward pass, on every activation of the tail.)
 fn relu6(x: &Tensor) -> Result<Tensor> {
-    x.relu()?.minimum(RELU6_MAX)
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        return x.relu()?.minimum(RELU6_MAX);
+    }
+    x.contiguous()?.apply_op1(Relu6)
+}
+
+/// The contiguous f32 data of a custom-op argument.
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("relu6: argument is not contiguous") };
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// ReLU6 forward; its backward is [`Relu6Grad`].
+struct Relu6;
+
+impl CustomOp1 for Relu6 {
+    fn name(&self) -> &'static str {
+        "relu6"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let max = RELU6_MAX as f32;
+        let out = f32_data(s, l)?.iter().map(|&v| v.clamp(0.0, max)).collect();
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &Relu6Grad)?))
+    }
+}
+
+/// The gradient of [`Relu6`]: arguments (its input, the incoming gradient).
+struct Relu6Grad;
+
+impl CustomOp2 for Relu6Grad {
+    fn name(&self) -> &'static str {
+        "relu6-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, grad) = (f32_data(s1, l1)?, f32_data(s2, l2)?);
+        if x.len() != grad.len() {
+            bail!("relu6: gradient of {} values for {}", grad.len(), x.len());
+        }
+        let max = RELU6_MAX as f32;
+        let out = x.iter().zip(grad).map(|(&v, &g)| if v > 0.0 && v < max { g } else { 0.0 }).collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
 }
 
 /// Trains `tail` in place on `inputs` (the block inputs of `labels.len()` items, N×H×W×C) for

@@ -111,3 +111,14 @@ fn inputs_and_labels_must_agree() -> Result<()> {
     assert!(matches!(result, Err(TrainError::InvalidInput(_))));
     Ok(())
 }
+
+#[test]
+fn relu6_clamps_and_passes_gradient_strictly_inside() -> Result<()> {
+    let x = Var::from_tensor(&Tensor::new(&[-1f32, 0.0, 0.5, 5.5, 6.0, 7.0], &Device::Cpu)?)?;
+    let y = relu6(x.as_tensor())?;
+    assert_eq!(y.to_vec1::<f32>()?, [0.0, 0.0, 0.5, 5.5, 6.0, 6.0]);
+    let grads = (y * Tensor::new(&[1f32, 2.0, 3.0, 4.0, 5.0, 6.0], &Device::Cpu)?)?.sum_all()?.backward()?;
+    let grad = grads.get(x.as_tensor()).map(|g| g.to_vec1::<f32>()).transpose()?;
+    assert_eq!(grad, Some(vec![0.0, 0.0, 3.0, 4.0, 0.0, 0.0]));
+    Ok(())
+}
