@@ -106,7 +106,8 @@ pub fn embed_samples(model: &EmbeddingModel, samples: &[Sample]) -> anyhow::Resu
     Ok(Features { rows, dim: model.dim() })
 }
 
-fn read_cache(path: &Path) -> anyhow::Result<Features> {
+/// Reads a file in the cache format of the module docs.
+pub fn read_cache(path: &Path) -> anyhow::Result<Features> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let header = MAGIC.len() + 16;
     ensure!(bytes.len() >= header && bytes[..MAGIC.len()] == MAGIC[..], "{} is not a feature cache", path.display());
@@ -126,7 +127,8 @@ fn read_cache(path: &Path) -> anyhow::Result<Features> {
     Ok(Features { rows, dim })
 }
 
-fn write_cache(path: &Path, features: &Features) -> anyhow::Result<()> {
+/// Writes `features` in the cache format of the module docs (beside `path`, then renamed).
+pub fn write_cache(path: &Path, features: &Features) -> anyhow::Result<()> {
     let mut bytes = Vec::with_capacity(MAGIC.len() + 16 + features.rows.len() * 4);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&(features.len() as u64).to_le_bytes());

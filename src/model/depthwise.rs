@@ -97,7 +97,16 @@ impl Geometry {
         }
         (lo, hi, lo * s + kx - self.pad.left)
     }
+
+    /// [`Geometry::columns`] of every filter column, computed once per op rather than once per
+    /// plane and row (planes can be as small as 2×2, where that arithmetic dominated).
+    fn all_columns(&self) -> Vec<Columns> {
+        (0..self.kw).map(|kx| self.columns(kx)).collect()
+    }
 }
+
+/// `(lo, hi, start)` of [`Geometry::columns`].
+type Columns = (usize, usize, usize);
 
 /// `out[i] += a * x[i * stride]` over `out.len()` elements.
 #[inline(always)]
@@ -115,7 +124,7 @@ fn axpy_strided(out: &mut [f32], a: f32, x: &[f32], stride: usize) {
 }
 
 /// One plane of the forward pass: `out` (ho×wo) = x (h×w) ⋆ f (kh×kw).
-fn forward_plane(g: &Geometry, x: &[f32], f: &[f32], out: &mut [f32]) {
+fn forward_plane(g: &Geometry, cols: &[Columns], x: &[f32], f: &[f32], out: &mut [f32]) {
     out.fill(0.0);
     for (oy, out_row) in out.chunks_exact_mut(g.wo).enumerate() {
         for ky in 0..g.kh {
@@ -124,7 +133,7 @@ fn forward_plane(g: &Geometry, x: &[f32], f: &[f32], out: &mut [f32]) {
             };
             let in_row = &x[iy * g.w..(iy + 1) * g.w];
             for kx in 0..g.kw {
-                let (lo, hi, start) = g.columns(kx);
+                let (lo, hi, start) = cols[kx];
                 axpy_strided(&mut out_row[lo..hi], f[ky * g.kw + kx], &in_row[start..], g.stride);
             }
         }
@@ -132,7 +141,7 @@ fn forward_plane(g: &Geometry, x: &[f32], f: &[f32], out: &mut [f32]) {
 }
 
 /// One plane of the input gradient: scatter `grad` (ho×wo) back through f.
-fn grad_input_plane(g: &Geometry, grad: &[f32], f: &[f32], dx: &mut [f32]) {
+fn grad_input_plane(g: &Geometry, cols: &[Columns], grad: &[f32], f: &[f32], dx: &mut [f32]) {
     dx.fill(0.0);
     for (oy, grad_row) in grad.chunks_exact(g.wo).enumerate() {
         for ky in 0..g.kh {
@@ -141,7 +150,7 @@ fn grad_input_plane(g: &Geometry, grad: &[f32], f: &[f32], dx: &mut [f32]) {
             };
             let dx_row = &mut dx[iy * g.w..(iy + 1) * g.w];
             for kx in 0..g.kw {
-                let (lo, hi, start) = g.columns(kx);
+                let (lo, hi, start) = cols[kx];
                 let a = f[ky * g.kw + kx];
                 let targets = dx_row[start..].iter_mut().step_by(g.stride);
                 for (d, &v) in targets.zip(&grad_row[lo..hi]) {
@@ -153,7 +162,7 @@ fn grad_input_plane(g: &Geometry, grad: &[f32], f: &[f32], dx: &mut [f32]) {
 }
 
 /// One plane's contribution to the filter gradient, added to `df` (kh×kw).
-fn grad_weight_plane(g: &Geometry, x: &[f32], grad: &[f32], df: &mut [f32]) {
+fn grad_weight_plane(g: &Geometry, cols: &[Columns], x: &[f32], grad: &[f32], df: &mut [f32]) {
     for (oy, grad_row) in grad.chunks_exact(g.wo).enumerate() {
         for ky in 0..g.kh {
             let Some(iy) = g.input_row(oy, ky) else {
@@ -161,7 +170,7 @@ fn grad_weight_plane(g: &Geometry, x: &[f32], grad: &[f32], df: &mut [f32]) {
             };
             let in_row = &x[iy * g.w..(iy + 1) * g.w];
             for kx in 0..g.kw {
-                let (lo, hi, start) = g.columns(kx);
+                let (lo, hi, start) = cols[kx];
                 let dot: f32 =
                     grad_row[lo..hi].iter().zip(in_row[start..].iter().step_by(g.stride)).map(|(a, b)| a * b).sum();
                 df[ky * g.kw + kx] += dot;
@@ -198,10 +207,11 @@ impl CustomOp2 for DepthwiseConv {
         let (_, _, kh, kw) = l2.shape().dims4()?;
         let (x, f) = (f32_data(s1, l1, "input")?, f32_data(s2, l2, "weight")?);
         let g = Geometry::new(h, w, kh, kw, self.stride, self.pad);
+        let cols = g.all_columns();
         let mut out = vec![0f32; n * c * g.ho * g.wo];
         out.par_chunks_exact_mut(g.ho * g.wo).enumerate().for_each(|(plane, out)| {
             let ch = plane % c;
-            forward_plane(&g, &x[plane * h * w..(plane + 1) * h * w], &f[ch * kh * kw..(ch + 1) * kh * kw], out);
+            forward_plane(&g, &cols, &x[plane * h * w..(plane + 1) * h * w], &f[ch * kh * kw..(ch + 1) * kh * kw], out);
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, g.ho, g.wo))))
     }
@@ -241,13 +251,20 @@ impl CustomOp2 for DepthwiseGradInput {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.g;
+        let cols = g.all_columns();
         let (n, c, _, _) = l1.shape().dims4()?;
         let (grad, f) = (f32_data(s1, l1, "gradient")?, f32_data(s2, l2, "weight")?);
         let (plane_in, plane_out, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
         let mut dx = vec![0f32; n * c * plane_in];
         dx.par_chunks_exact_mut(plane_in).enumerate().for_each(|(plane, dx)| {
             let ch = plane % c;
-            grad_input_plane(&g, &grad[plane * plane_out..(plane + 1) * plane_out], &f[ch * taps..(ch + 1) * taps], dx);
+            grad_input_plane(
+                &g,
+                &cols,
+                &grad[plane * plane_out..(plane + 1) * plane_out],
+                &f[ch * taps..(ch + 1) * taps],
+                dx,
+            );
         });
         Ok((CpuStorage::F32(dx), Shape::from((n, c, g.h, g.w))))
     }
@@ -271,6 +288,7 @@ impl CustomOp2 for DepthwiseGradWeight {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = self.g;
+        let cols = g.all_columns();
         let (n, c, _, _) = l1.shape().dims4()?;
         let (x, grad) = (f32_data(s1, l1, "input")?, f32_data(s2, l2, "gradient")?);
         let (plane_in, plane_out, taps) = (g.h * g.w, g.ho * g.wo, g.kh * g.kw);
@@ -280,6 +298,7 @@ impl CustomOp2 for DepthwiseGradWeight {
                 let plane = img * c + ch;
                 grad_weight_plane(
                     &g,
+                    &cols,
                     &x[plane * plane_in..(plane + 1) * plane_in],
                     &grad[plane * plane_out..(plane + 1) * plane_out],
                     df,

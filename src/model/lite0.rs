@@ -30,6 +30,8 @@ pub const FEATURE_DIM: usize = 1280;
 pub const NUM_CLASSES: usize = 1000;
 /// Smallest input side the network accepts (five stride-2 stages leave 1×1).
 pub const MIN_INPUT_SIZE: usize = 32;
+/// Index of the last MBConv block, where [`Lite0::last_block_input`] stops and [`TailWeights`] start.
+pub const LAST_BLOCK: usize = 15;
 
 /// One stage of MBConv blocks.
 struct Stage {
@@ -174,6 +176,35 @@ impl Block {
     }
 }
 
+/// A convolution with its batch norm folded in, as plain tensors (see [`TailWeights`] for layouts).
+#[derive(Debug, Clone)]
+pub struct FoldedWeights {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl FoldedConv {
+    fn folded_weights(&self) -> FoldedWeights {
+        FoldedWeights { weight: self.weight.clone(), bias: self.bias.clone() }
+    }
+}
+
+/// The folded weights of the network's tail: block [`LAST_BLOCK`] (expand 6, kernel 3, stride 1,
+/// 192 → 320 channels, no residual) and the head convolution (320 → [`FEATURE_DIM`]), as the
+/// forward pass uses them. Each bias is the frozen batch norm's per-channel shift.
+#[derive(Debug, Clone)]
+pub struct TailWeights {
+    /// 1×1 expand convolution, followed by ReLU6: weight C_in×hidden (192×1152).
+    pub expand: FoldedWeights,
+    /// k×k depthwise convolution, stride 1, TensorFlow "same" padding, followed by ReLU6: weight
+    /// k×k×hidden (channels-last, 3×3×1152).
+    pub depthwise: FoldedWeights,
+    /// 1×1 projection, no activation: weight hidden×C_out (1152×320).
+    pub project: FoldedWeights,
+    /// 1×1 head convolution, followed by ReLU6: weight C_out×1280.
+    pub head: FoldedWeights,
+}
+
 /// The loaded network: stem, 16 blocks, head, classifier.
 pub struct Lite0 {
     stem: FoldedConv,
@@ -279,6 +310,34 @@ impl Lite0 {
         y = self.head.forward(&y, true)?;
         let (n, h, w, c) = y.dims4()?;
         y.reshape((n, h * w, c))?.mean(1)
+    }
+
+    /// The activations entering block [`LAST_BLOCK`]: N×3×S×S (S ≥ 32) → N×H×W×192, channels-last
+    /// (H = W = ⌈S/32⌉). What the frozen part of the network gives a trained tail
+    /// (`crate::train::tail`); [`Lite0::features`] continues from here with [`Lite0::tail_weights`].
+    pub fn last_block_input(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, c, h, w) = x.dims4()?;
+        if c != 3 || h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
+            candle_core::bail!("Lite0 wants N×3×S×S with S ≥ {MIN_INPUT_SIZE}, got {:?}", x.dims());
+        }
+        let mut y = self.stem.forward(x, true)?;
+        for block in &self.blocks[..LAST_BLOCK] {
+            y = block.forward(&y)?;
+        }
+        Ok(y)
+    }
+
+    /// The folded weights of block [`LAST_BLOCK`] and the head convolution (copies share storage).
+    pub fn tail_weights(&self) -> Result<TailWeights> {
+        let block = &self.blocks[LAST_BLOCK];
+        let expand = block.expand.as_ref().ok_or_else(|| anyhow!("block {LAST_BLOCK} has no expand convolution"))?;
+        ensure!(block.depthwise.stride == 1 && !block.residual, "block {LAST_BLOCK}: unexpected stride or residual");
+        Ok(TailWeights {
+            expand: expand.folded_weights(),
+            depthwise: block.depthwise.folded_weights(),
+            project: block.project.folded_weights(),
+            head: self.head.folded_weights(),
+        })
     }
 
     /// ImageNet-1k logits: N×3×S×S → N×1000.

@@ -2,6 +2,7 @@
 //!
 //! This module owns the pieces of online triplet training that do not depend on the model, the
 //! data store or the job system:
+//! - [`adamw`]: [`FusedAdamW`], candle's AdamW update computed in one in-place pass per weight;
 //! - [`distance`]: the differentiable pairwise distance matrix of a batch's embeddings;
 //! - [`miners`]: which triplets of a batch to train on ([`Mining`]: batch-hard, batch-all,
 //!   semi-hard, random);
@@ -17,7 +18,9 @@
 //! - [`retrieval`]: exact Recall@K and MAP@R of queries against a gallery, for evaluating heads
 //!   without the server;
 //! - [`trainer`]: [`train_head`], the head-only training loop over cached backbone features, with
-//!   its [`TrainParams`], per-step [`StepReport`]s, cancellation and collapse guard.
+//!   its [`TrainParams`], per-step [`StepReport`]s, cancellation and collapse guard;
+//! - [`tail`]: [`BackboneTail`], the backbone's last block and head convolution trained together
+//!   with the head from cached block inputs ([`train_tail`]; benchmarked, not used by jobs yet).
 //!
 //! A training step reads: draw a [`PkBatch`], embed its items, compute [`pairwise_distances`],
 //! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
@@ -27,6 +30,7 @@
 //! and [`retrieval::evaluate`], which spread their rows over rayon's pool (and candle's matmul
 //! threads) and merge them in a fixed order.
 
+pub mod adamw;
 pub mod distance;
 pub mod head;
 pub mod losses;
@@ -36,11 +40,13 @@ pub mod plot;
 pub mod retrieval;
 pub mod rng;
 pub mod sampler;
+pub mod tail;
 pub mod trainer;
 
 #[cfg(test)]
 mod tests;
 
+pub use adamw::FusedAdamW;
 pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances};
 pub use head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
 pub use losses::{Reduction, loss_value, triplet_loss};
@@ -50,6 +56,7 @@ pub use offline::{
 };
 pub use rng::TrainRng;
 pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
+pub use tail::{BackboneTail, train_tail};
 pub use trainer::{
     COLLAPSE_DISTANCE_GAP, COLLAPSE_LOSS_TOLERANCE, COLLAPSE_WINDOW, StepReport, TrainError, TrainParams, TrainedHead,
     recall_at_1, train_head,

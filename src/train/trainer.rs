@@ -3,8 +3,8 @@
 //! [`train_head`] takes every training item's cached backbone feature row and label, and runs
 //! `epochs` passes of P×K batches from a [`PkSampler`]. Each step embeds the batch's rows through
 //! the head, computes [`pairwise_distances`], [`mine`]s triplets on [`distances_to_vec`], takes the
-//! [`triplet_loss`] with the mode's [`Reduction`](super::Reduction) and makes one AdamW step. After
-//! each step the caller's observer gets a [`StepReport`] and the head as that step left it: it can
+//! [`triplet_loss`] with the mode's [`Reduction`](super::Reduction) and makes one AdamW step
+//! ([`FusedAdamW`]). After each step the caller's observer gets a [`StepReport`] and the head as that step left it: it can
 //! record the loss curve, evaluate the head as a checkpoint (for quality against training steps),
 //! and cancel the run by returning [`ControlFlow::Break`].
 //!
@@ -29,9 +29,10 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use serde::{Deserialize, Serialize};
 
+use super::adamw::FusedAdamW;
 use super::distance::{distances_to_vec, pairwise_distances};
 use super::head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
 use super::losses::triplet_loss;
@@ -197,7 +198,7 @@ pub fn train_head(
     let head =
         EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, params.head_init_seed(), &device)?;
     let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
-    let mut optimizer = AdamW::new(varmap.all_vars(), adamw)?;
+    let mut optimizer = FusedAdamW::new(varmap.all_vars(), adamw)?;
     let mining = params.effective_mining();
     let mut mining_seeds = TrainRng::for_stream(params.seed, MINING_STREAM);
     let mut guard = CollapseGuard::new(params);
