@@ -24,7 +24,12 @@ fn inputs(n: usize) -> Vec<Vec<f32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_queries_are_batched_and_unchanged() {
-    let settings = EmbedderSettings { max_batch: 16, max_wait: Duration::from_millis(50), queue_capacity: 64 };
+    let settings = EmbedderSettings {
+        max_batch: 16,
+        max_wait: Duration::from_millis(50),
+        queue_capacity: 64,
+        max_forward_pixels: usize::MAX,
+    };
     let embedder = Embedder::start(model(), settings).expect("start");
     let inputs = inputs(16);
     let alone: Vec<Vec<f32>> = {
@@ -47,7 +52,8 @@ async fn concurrent_queries_are_batched_and_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once() {
-    let settings = EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 1 };
+    let settings =
+        EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 1, max_forward_pixels: usize::MAX };
     let embedder = Embedder::start(model(), settings).expect("start");
     let input = inputs(1).remove(0);
     let results = futures_util::future::join_all((0..64).map(|_| embedder.embed_one(input.clone()))).await;
