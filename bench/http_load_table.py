@@ -72,7 +72,7 @@ def main(raw):
             per_batch=images / batches if batches else float("nan"),
         )
 
-    print("| row | clients | max_batch | queue cap | requests | 200 | 503 | other | 200/s | p50 ms | p99 ms | mean ms | images/forward |")
+    print("| row | clients | max_batch | queue cap | requests | 200 | 503 | other | 200/s | p50 ms | p99 ms | mean ms | images/batch |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name, r in rows.items():
         ok = r["ok"]

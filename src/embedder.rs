@@ -93,6 +93,7 @@ pub struct EmbedderStats {
 #[derive(Clone)]
 pub struct Embedder {
     tx: SyncSender<Request>,
+    capacity: usize,
     model: Arc<ModelInfo>,
     pub stats: Arc<EmbedderStats>,
 }
@@ -113,11 +114,23 @@ impl Embedder {
         let stats = Arc::new(EmbedderStats::default());
         let thread_stats = stats.clone();
         thread::Builder::new().name("embedder".into()).spawn(move || run(model, rx, settings, &thread_stats))?;
-        Ok(Self { tx, model: info, stats })
+        Ok(Self { tx, capacity: settings.queue_capacity.max(1), model: info, stats })
     }
 
     pub fn model(&self) -> &ModelInfo {
         &self.model
+    }
+
+    /// Refuses a query at once (`Overloaded`, counted as rejected) when the
+    /// queue is already full, so a caller under overload answers before
+    /// spending time decoding an image the queue would refuse anyway. Advisory:
+    /// the queue still refuses what does not fit when the query arrives.
+    pub fn check_room(&self) -> Result<(), EmbedError> {
+        if self.stats.queued.load(Ordering::Relaxed) < self.capacity {
+            return Ok(());
+        }
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(EmbedError::Overloaded)
     }
 
     /// Tells the embedder a query is on its way (its image being read and

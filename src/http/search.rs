@@ -100,6 +100,7 @@ pub async fn search(
     if image.is_empty() {
         return Err(AppError::bad_request("invalid_image", "the image is empty"));
     }
+    state.embedder.check_room().map_err(embed_error)?;
     let mut clock = Clock::read(started, arrival);
     let prepared = prepare_upload(&state, image).await?;
     clock.decoded();
@@ -128,6 +129,7 @@ pub async fn similar(
         })?;
     let blobs = state.blobs.clone();
     let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
+    state.embedder.check_room().map_err(embed_error)?;
     let mut clock = Clock::read(started, arrival);
     let prepared = prepare_upload(&state, Bytes::from(bytes)).await?;
     clock.decoded();
@@ -160,11 +162,16 @@ pub async fn embed(state: &AppState, input: Vec<f32>) -> AppResult<Vec<f32>> {
 /// [`embed`] for a query announced by `arrival`, also telling where its time
 /// in the embedder went.
 async fn embed_timed(state: &AppState, input: Vec<f32>, arrival: Arrival) -> AppResult<(Vec<f32>, EmbedTiming)> {
-    state.embedder.embed_one_timed(input, arrival).await.map_err(|err| match err {
+    state.embedder.embed_one_timed(input, arrival).await.map_err(embed_error)
+}
+
+/// A full queue is a 503 the client may retry.
+fn embed_error(err: EmbedError) -> AppError {
+    match err {
         EmbedError::Overloaded => AppError::unavailable("overloaded", err.to_string()),
         EmbedError::Stopped => AppError::unavailable("model_unavailable", err.to_string()),
         EmbedError::Model(_) => AppError::internal(err),
-    })
+    }
 }
 
 /// A search's stopwatch: when its handler started and the stages timed so

@@ -63,3 +63,21 @@ async fn a_full_queue_refuses_at_once() {
     assert!(answered > 0, "none answered");
     assert_eq!(refused + answered, 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_seen_before_decoding() {
+    use std::sync::atomic::Ordering;
+    let settings =
+        EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 2, max_forward_pixels: usize::MAX };
+    let embedder = Embedder::start(model(), settings).expect("start");
+    assert!(embedder.check_room().is_ok(), "an empty queue has room");
+    // Two requests waiting fill a queue of two.
+    embedder.stats.queued.fetch_add(2, Ordering::Relaxed);
+    assert!(matches!(embedder.check_room(), Err(EmbedError::Overloaded)));
+    assert_eq!(embedder.stats.rejected.load(Ordering::Relaxed), 1, "an early refusal is counted as rejected");
+    embedder.stats.queued.fetch_sub(1, Ordering::Relaxed);
+    assert!(embedder.check_room().is_ok(), "room again once one has left");
+    embedder.stats.queued.fetch_sub(1, Ordering::Relaxed);
+    let input = inputs(1).remove(0);
+    assert!(embedder.embed_one(input).await.is_ok());
+}
