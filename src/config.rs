@@ -65,6 +65,7 @@ pub struct EmbedderSettings {
     pub max_batch: usize,
     pub max_wait_ms: u64,
     pub queue_capacity: usize,
+    pub max_forward_pixels: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +123,7 @@ impl Settings {
         anyhow::ensure!(self.model.input_size >= 32, "model.input_size must be at least 32");
         anyhow::ensure!(self.embedder.max_batch >= 1, "embedder.max_batch must be at least 1");
         anyhow::ensure!(self.embedder.queue_capacity >= 1, "embedder.queue_capacity must be at least 1");
+        anyhow::ensure!(self.embedder.max_forward_pixels >= 1, "embedder.max_forward_pixels must be at least 1");
         anyhow::ensure!(self.jobs.ingest_chunk >= 1, "jobs.ingest_chunk must be at least 1");
         anyhow::ensure!(self.limits.max_k >= 1, "limits.max_k must be at least 1");
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {

@@ -2,15 +2,19 @@
 //!
 //! One dedicated thread owns the model. Requests arrive over a bounded
 //! channel, each with a `oneshot` for its answer; the thread takes the first
-//! waiting request, lets others join for at most `max_wait` or until
-//! `max_batch` images, runs one forward pass and answers each. Requests whose
+//! waiting request, takes every other already waiting, and lets more join for
+//! at most `max_wait` (up to `max_batch` images) but only while queries are
+//! on their way ([`Embedder::announce`]): a lone query never waits for company
+//! that is not coming. It runs the batch through the model in passes of at
+//! most `max_forward_pixels` input pixels (on a CPU, a pass whose activations
+//! outgrow the caches is slower per image) and answers each. Requests whose
 //! client went away are skipped. A query that finds the queue full is refused
 //! at once (`EmbedError::Overloaded`, answered 503) instead of waiting without
 //! bound; bulk work from jobs (`embed_many_blocking`) waits for room instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -33,20 +37,53 @@ pub struct EmbedderSettings {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub queue_capacity: usize,
+    /// Most input pixels (images × side²) in one forward pass; a larger batch
+    /// runs in several passes, each of at least one image.
+    pub max_forward_pixels: usize,
 }
 
-type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>;
+/// While gathering a batch, how often the thread looks whether queries are
+/// still on their way.
+const GATHER_POLL: Duration = Duration::from_micros(200);
+
+type Reply = oneshot::Sender<Result<Answer, EmbedError>>;
 
 struct Request {
     inputs: Vec<Vec<f32>>,
+    enqueued: Instant,
     reply: Reply,
+}
+
+/// A request's rows and where its time went.
+struct Answer {
+    rows: Vec<Vec<f32>>,
+    timing: EmbedTiming,
+}
+
+/// Where one request's time in the embedder went (read by `/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbedTiming {
+    /// From entering the queue to the start of its forward pass: waiting
+    /// behind earlier passes and for others to join its batch.
+    pub queued: Duration,
+    /// The part of `queued` while its batch was being gathered (the model
+    /// idle, waiting up to `max_wait` for more requests).
+    pub gathering: Duration,
+    /// The forward pass it was part of (shared by every image of the batch).
+    pub forward: Duration,
+    /// Images in that forward pass.
+    pub batch_images: usize,
 }
 
 /// Counters read by `/metrics`.
 #[derive(Debug, Default)]
 pub struct EmbedderStats {
     pub queued: AtomicUsize,
+    /// Queries announced and not yet in the queue (being read or decoded).
+    pub arriving: AtomicUsize,
     pub batches: AtomicU64,
+    /// Forward passes through the model (a batch takes one or more).
+    pub passes: AtomicU64,
     pub images: AtomicU64,
     pub rejected: AtomicU64,
     pub forward_micros: AtomicU64,
@@ -56,6 +93,7 @@ pub struct EmbedderStats {
 #[derive(Clone)]
 pub struct Embedder {
     tx: SyncSender<Request>,
+    capacity: usize,
     model: Arc<ModelInfo>,
     pub stats: Arc<EmbedderStats>,
 }
@@ -76,18 +114,50 @@ impl Embedder {
         let stats = Arc::new(EmbedderStats::default());
         let thread_stats = stats.clone();
         thread::Builder::new().name("embedder".into()).spawn(move || run(model, rx, settings, &thread_stats))?;
-        Ok(Self { tx, model: info, stats })
+        Ok(Self { tx, capacity: settings.queue_capacity.max(1), model: info, stats })
     }
 
     pub fn model(&self) -> &ModelInfo {
         &self.model
     }
 
+    /// Refuses a query at once (`Overloaded`, counted as rejected) when the
+    /// queue is already full, so a caller under overload answers before
+    /// spending time decoding an image the queue would refuse anyway. Advisory:
+    /// the queue still refuses what does not fit when the query arrives.
+    pub fn check_room(&self) -> Result<(), EmbedError> {
+        if self.stats.queued.load(Ordering::Relaxed) < self.capacity {
+            return Ok(());
+        }
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Err(EmbedError::Overloaded)
+    }
+
+    /// Tells the embedder a query is on its way (its image being read and
+    /// decoded), so a batch being gathered waits for it; the guard goes to
+    /// [`Self::embed_one_timed`], which drops it once the query is queued.
+    pub fn announce(&self) -> Arrival {
+        self.stats.arriving.fetch_add(1, Ordering::Relaxed);
+        Arrival(self.stats.clone())
+    }
+
     /// Embeds one preprocessed image (a query): refused at once when the queue is full.
     pub async fn embed_one(&self, input: Vec<f32>) -> Result<Vec<f32>, EmbedError> {
+        self.embed_one_timed(input, self.announce()).await.map(|(row, _)| row)
+    }
+
+    /// [`Self::embed_one`] for a query announced by `arrival`, also telling
+    /// how long it queued and how long its forward pass took.
+    pub async fn embed_one_timed(
+        &self,
+        input: Vec<f32>,
+        arrival: Arrival,
+    ) -> Result<(Vec<f32>, EmbedTiming), EmbedError> {
         let (reply, answer) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(Request { inputs: vec![input], reply }) {
+        let sent = self.tx.try_send(Request { inputs: vec![input], enqueued: Instant::now(), reply });
+        drop(arrival);
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);
@@ -99,8 +169,9 @@ impl Embedder {
                 return Err(EmbedError::Stopped);
             }
         }
-        let mut rows = answer.await.map_err(|_| EmbedError::Stopped)??;
-        rows.pop().ok_or_else(|| EmbedError::Model("no embedding returned".into()))
+        let Answer { mut rows, timing } = answer.await.map_err(|_| EmbedError::Stopped)??;
+        let row = rows.pop().ok_or_else(|| EmbedError::Model("no embedding returned".into()))?;
+        Ok((row, timing))
     }
 
     /// Embeds many images for a job, waiting for room in the queue. Call it
@@ -111,28 +182,50 @@ impl Embedder {
         }
         let (reply, answer) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Request { inputs, reply }).is_err() {
+        if self.tx.send(Request { inputs, enqueued: Instant::now(), reply }).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(EmbedError::Stopped);
         }
-        answer.blocking_recv().map_err(|_| EmbedError::Stopped)?
+        answer.blocking_recv().map_err(|_| EmbedError::Stopped)?.map(|answer| answer.rows)
+    }
+}
+
+/// Marks a query on its way to the embedder (see [`Embedder::announce`]).
+#[derive(Debug)]
+pub struct Arrival(Arc<EmbedderStats>);
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.0.arriving.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 fn run(model: EmbeddingModel, rx: mpsc::Receiver<Request>, settings: EmbedderSettings, stats: &EmbedderStats) {
+    let side = model.input_size() as usize;
+    let per_pass = (settings.max_forward_pixels / (side * side).max(1)).clamp(1, settings.max_batch.max(1));
     while let Ok(first) = rx.recv() {
+        let gathering_since = Instant::now();
         let mut batch = vec![first];
         let mut images = batch[0].inputs.len();
-        let deadline = Instant::now() + settings.max_wait;
+        let deadline = gathering_since + settings.max_wait;
         while images < settings.max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(request) => {
-                    images += request.inputs.len();
-                    batch.push(request);
+            let request = match rx.try_recv() {
+                Ok(request) => request,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || stats.arriving.load(Ordering::Relaxed) == 0 {
+                        break;
+                    }
+                    match rx.recv_timeout(left.min(GATHER_POLL)) {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
+            };
+            images += request.inputs.len();
+            batch.push(request);
         }
         stats.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         batch.retain(|request| !request.reply.is_closed());
@@ -142,11 +235,13 @@ fn run(model: EmbeddingModel, rx: mpsc::Receiver<Request>, settings: EmbedderSet
         let started = Instant::now();
         let sizes: Vec<usize> = batch.iter().map(|r| r.inputs.len()).collect();
         let inputs: Vec<Vec<f32>> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.inputs)).collect();
-        let result = embed_chunked(&model, &inputs, settings.max_batch);
+        let result = embed_chunked(&model, &inputs, per_pass);
+        let forward = started.elapsed();
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.passes.fetch_add(inputs.len().div_ceil(per_pass) as u64, Ordering::Relaxed);
         stats.images.fetch_add(inputs.len() as u64, Ordering::Relaxed);
-        stats.forward_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        reply_all(batch, &sizes, result);
+        stats.forward_micros.fetch_add(forward.as_micros() as u64, Ordering::Relaxed);
+        reply_all(batch, &sizes, result, gathering_since..started, forward);
     }
 }
 
@@ -158,14 +253,31 @@ fn embed_chunked(model: &EmbeddingModel, inputs: &[Vec<f32>], chunk: usize) -> R
     Ok(out)
 }
 
-/// Hands each request its own rows of the batch's output, in order.
-fn reply_all(batch: Vec<Request>, sizes: &[usize], result: Result<Vec<Vec<f32>>, EmbedError>) {
+/// Hands each request its own rows of the batch's output, in order, with
+/// its timing (`gathering`: from taking the batch's first request to the
+/// start of its forward pass).
+fn reply_all(
+    batch: Vec<Request>,
+    sizes: &[usize],
+    result: Result<Vec<Vec<f32>>, EmbedError>,
+    gathering: std::ops::Range<Instant>,
+    forward: Duration,
+) {
     match result {
         Ok(rows) => {
+            let batch_images = rows.len();
             let mut rows = rows.into_iter();
             for (request, &size) in batch.into_iter().zip(sizes) {
                 let mine: Vec<Vec<f32>> = rows.by_ref().take(size).collect();
-                let _ = request.reply.send(Ok(mine));
+                let queued = gathering.end.saturating_duration_since(request.enqueued);
+                let joined = request.enqueued.max(gathering.start);
+                let timing = EmbedTiming {
+                    queued,
+                    gathering: gathering.end.saturating_duration_since(joined),
+                    forward,
+                    batch_images,
+                };
+                let _ = request.reply.send(Ok(Answer { rows: mine, timing }));
             }
         }
         Err(err) => {

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::app::AppState;
 
@@ -18,10 +19,46 @@ pub struct Metrics {
     pub searches: AtomicU64,
     search_latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     search_latency_sum_ms: AtomicU64,
+    search_stage_micros: [AtomicU64; SEARCH_STAGES.len()],
+}
+
+/// Where one answered search's time went, stage by stage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SearchTiming {
+    /// Reading the request body (or, for `similar`, the item's stored image).
+    pub read: Duration,
+    /// Decoding and resizing the image into model input, on a blocking thread.
+    pub decode: Duration,
+    /// In the embedder's queue until its forward pass started; `gathering`
+    /// is the part of it spent waiting for a batch to fill.
+    pub queued: Duration,
+    pub gathering: Duration,
+    /// The forward pass that embedded the query (shared with its batch).
+    pub forward: Duration,
+    /// Searching the index, on a blocking thread.
+    pub index: Duration,
+    /// The handler from start to answer; what the stages leave over is
+    /// parsing, scheduling and building the answer.
+    pub total: Duration,
+}
+
+/// Label values of `lookalike_search_stage_microseconds_total`, in
+/// `SearchTiming::stages` order.
+const SEARCH_STAGES: [&str; 7] = ["read", "decode", "queue", "gathering", "forward", "index", "total"];
+
+impl SearchTiming {
+    fn stages(&self) -> [Duration; SEARCH_STAGES.len()] {
+        [self.read, self.decode, self.queued, self.gathering, self.forward, self.index, self.total]
+    }
 }
 
 impl Metrics {
-    pub fn observe_search(&self, millis: f64) {
+    /// Counts one answered search: its latency (the handler's total) and its stages.
+    pub fn observe_search(&self, timing: &SearchTiming) {
+        for (sum, stage) in self.search_stage_micros.iter().zip(timing.stages()) {
+            sum.fetch_add(stage.as_micros() as u64, Ordering::Relaxed);
+        }
+        let millis = timing.total.as_secs_f64() * 1000.0;
         self.searches.fetch_add(1, Ordering::Relaxed);
         let bucket = LATENCY_BUCKETS_MS.iter().position(|&b| millis <= b as f64).unwrap_or(LATENCY_BUCKETS_MS.len());
         self.search_latency[bucket].fetch_add(1, Ordering::Relaxed);
@@ -52,6 +89,11 @@ pub fn render(state: &AppState) -> String {
     counter("lookalike_http_server_errors_total", "HTTP requests answered 5xx.", load(&m.http_server_errors));
     counter("lookalike_embedder_batches_total", "Forward passes run by the embedder.", load(&e.batches));
     counter("lookalike_embedder_images_total", "Images embedded.", load(&e.images));
+    counter(
+        "lookalike_embedder_forward_passes_total",
+        "Passes through the model (a batch above embedder.max_forward_pixels takes several).",
+        load(&e.passes),
+    );
     counter("lookalike_embedder_rejected_total", "Queries refused because the queue was full.", load(&e.rejected));
     counter("lookalike_embedder_forward_microseconds_total", "Time spent in forward passes.", load(&e.forward_micros));
     let _ = writeln!(
@@ -72,6 +114,15 @@ pub fn render(state: &AppState) -> String {
     let _ = writeln!(out, "lookalike_search_duration_ms_bucket{{le=\"+Inf\"}} {cumulative}");
     let _ = writeln!(out, "lookalike_search_duration_ms_sum {}", load(&m.search_latency_sum_ms));
     let _ = writeln!(out, "lookalike_search_duration_ms_count {cumulative}");
+    let _ = writeln!(
+        out,
+        "# HELP lookalike_search_stage_microseconds_total Time answered searches spent in each stage, summed; \
+         divide by lookalike_search_duration_ms_count for the mean. queue includes gathering; total is the handler's.\n\
+         # TYPE lookalike_search_stage_microseconds_total counter"
+    );
+    for (stage, sum) in SEARCH_STAGES.iter().zip(&m.search_stage_micros) {
+        let _ = writeln!(out, "lookalike_search_stage_microseconds_total{{stage=\"{stage}\"}} {}", load(sum));
+    }
     let _ =
         writeln!(out, "# HELP lookalike_dataset_items Live items per dataset.\n# TYPE lookalike_dataset_items gauge");
     for dataset in state.datasets() {

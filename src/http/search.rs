@@ -16,7 +16,8 @@ use super::error::{AppError, AppResult};
 use super::extract::{AppPath, AppQuery, parse_k, read_field, read_text};
 use super::items::serving;
 use crate::app::AppState;
-use crate::embedder::EmbedError;
+use crate::embedder::{Arrival, EmbedError, EmbedTiming};
+use crate::metrics::SearchTiming;
 use crate::model::preprocess::DecodeError;
 use crate::prepare::{Prepared, prepare};
 
@@ -48,6 +49,7 @@ pub async fn search(
     request: Request,
 ) -> AppResult<Json<SearchResponse>> {
     let started = Instant::now();
+    let arrival = state.embedder.announce();
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let image = if content_type.starts_with("multipart/form-data") {
@@ -98,8 +100,11 @@ pub async fn search(
     if image.is_empty() {
         return Err(AppError::bad_request("invalid_image", "the image is empty"));
     }
+    state.embedder.check_room().map_err(embed_error)?;
+    let mut clock = Clock::read(started, arrival);
     let prepared = prepare_upload(&state, image).await?;
-    let response = run_search(&state, &dataset, prepared.input, k, label, None, started).await?;
+    clock.decoded();
+    let response = run_search(&state, &dataset, prepared.input, k, label, None, clock).await?;
     Ok(Json(response))
 }
 
@@ -115,6 +120,7 @@ pub async fn similar(
     AppQuery(params): AppQuery<SimilarParams>,
 ) -> AppResult<Json<SearchResponse>> {
     let started = Instant::now();
+    let arrival = state.embedder.announce();
     let k = parse_k(params.k.as_deref(), state.settings.limits.max_k)?;
     serving(&state, &name)?;
     let record =
@@ -123,9 +129,12 @@ pub async fn similar(
         })?;
     let blobs = state.blobs.clone();
     let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
+    state.embedder.check_room().map_err(embed_error)?;
+    let mut clock = Clock::read(started, arrival);
     let prepared = prepare_upload(&state, Bytes::from(bytes)).await?;
+    clock.decoded();
     let label = params.label.filter(|l| !l.is_empty());
-    let response = run_search(&state, &name, prepared.input, k, label, Some(record.seq), started).await?;
+    let response = run_search(&state, &name, prepared.input, k, label, Some(record.seq), clock).await?;
     Ok(Json(response))
 }
 
@@ -147,13 +156,46 @@ pub async fn prepare_upload(state: &AppState, bytes: Bytes) -> AppResult<Prepare
 
 /// Embeds one query; a full queue is a 503 the client may retry.
 pub async fn embed(state: &AppState, input: Vec<f32>) -> AppResult<Vec<f32>> {
-    state.embedder.embed_one(input).await.map_err(|err| match err {
+    embed_timed(state, input, state.embedder.announce()).await.map(|(vector, _)| vector)
+}
+
+/// [`embed`] for a query announced by `arrival`, also telling where its time
+/// in the embedder went.
+async fn embed_timed(state: &AppState, input: Vec<f32>, arrival: Arrival) -> AppResult<(Vec<f32>, EmbedTiming)> {
+    state.embedder.embed_one_timed(input, arrival).await.map_err(embed_error)
+}
+
+/// A full queue is a 503 the client may retry.
+fn embed_error(err: EmbedError) -> AppError {
+    match err {
         EmbedError::Overloaded => AppError::unavailable("overloaded", err.to_string()),
         EmbedError::Stopped => AppError::unavailable("model_unavailable", err.to_string()),
         EmbedError::Model(_) => AppError::internal(err),
-    })
+    }
 }
 
+/// A search's stopwatch: when its handler started and the stages timed so
+/// far, with the query's announcement to the embedder.
+struct Clock {
+    started: Instant,
+    timing: SearchTiming,
+    arrival: Arrival,
+}
+
+impl Clock {
+    /// The request's image is in hand: reading took until now.
+    fn read(started: Instant, arrival: Arrival) -> Self {
+        Self { started, timing: SearchTiming { read: started.elapsed(), ..SearchTiming::default() }, arrival }
+    }
+
+    /// The image is model input: decoding took since the read ended.
+    fn decoded(&mut self) {
+        self.timing.decode = self.started.elapsed().saturating_sub(self.timing.read);
+    }
+}
+
+/// Embeds `input` and searches the dataset's generation with it; the
+/// search's stages (`clock`, then embedding and index) go to `/metrics`.
 async fn run_search(
     state: &AppState,
     name: &str,
@@ -161,15 +203,20 @@ async fn run_search(
     k: usize,
     label: Option<String>,
     exclude: Option<u64>,
-    started: Instant,
+    clock: Clock,
 ) -> AppResult<SearchResponse> {
+    let Clock { started, mut timing, arrival } = clock;
     let dataset = serving(state, name)?;
     let generation = dataset.generation.load_full();
     if generation.backbone != state.embedder.model().id {
         return Err(AppError::unavailable("model_unavailable", "the dataset's model is not loaded"));
     }
-    let vector = embed(state, input).await?;
+    let (vector, embedded) = embed_timed(state, input, arrival).await?;
+    timing.queued = embedded.queued;
+    timing.gathering = embedded.gathering;
+    timing.forward = embedded.forward;
     let model = generation.model_id.clone();
+    let searching = Instant::now();
     let hits = tokio::task::spawn_blocking(move || {
         let catalog = dataset.catalog.read().unwrap_or_else(|e| e.into_inner());
         generation
@@ -184,7 +231,9 @@ async fn run_search(
     })
     .await
     .map_err(AppError::internal)?;
-    let took_ms = started.elapsed().as_secs_f64() * 1000.0;
-    state.metrics.observe_search(took_ms);
+    timing.index = searching.elapsed();
+    timing.total = started.elapsed();
+    state.metrics.observe_search(&timing);
+    let took_ms = timing.total.as_secs_f64() * 1000.0;
     Ok(SearchResponse { dataset: name.to_owned(), model, results: hits, took_ms })
 }

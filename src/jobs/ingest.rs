@@ -7,10 +7,12 @@
 //! durable, then their rows committed in one transaction, then added to the
 //! index and the catalogue (so a search never sees an item before its row).
 //! Progress is images done / total. Images that fail to decode are skipped
-//! and listed (with reasons) in the result.
+//! and listed (with reasons) in the result, beside the seconds each stage
+//! took (`stage_seconds`; `read` is what the others leave: scanning and
+//! unpacking the archive).
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use serde_json::json;
@@ -64,6 +66,7 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
         skipped_count: manifest.skipped_count,
         pending: Vec::with_capacity(state.settings.jobs.ingest_chunk),
         features: crate::models::feature_cache(state, &job.dataset),
+        stages: Stages::default(),
     };
     let chunk = state.settings.jobs.ingest_chunk;
     archive::for_each_image(upload, &manifest, limits.max_image_bytes, &mut |entry, bytes| {
@@ -83,9 +86,12 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
     })?;
     cancel.check()?;
     run.flush()?;
+    let saving = Instant::now();
     let generation = dataset.generation.load_full();
     generation.save(&dataset.index_dir(&generation.model_id))?;
-    let seconds = started.elapsed().as_secs_f64();
+    run.stages.save += saving.elapsed();
+    let elapsed = started.elapsed();
+    let seconds = elapsed.as_secs_f64();
     Ok(json!({
         "images": total,
         "ingested": run.ingested,
@@ -93,7 +99,40 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
         "skipped_reasons": run.skipped,
         "seconds": seconds,
         "images_per_second": run.ingested as f64 / seconds.max(1e-9),
+        "stage_seconds": run.stages.seconds(elapsed),
     }))
+}
+
+/// Time spent in each stage of an ingest job, summed over its chunks.
+#[derive(Debug, Default)]
+struct Stages {
+    /// Decoding and resizing into model input (in parallel).
+    decode: Duration,
+    /// Writing the image bytes and making them durable.
+    store: Duration,
+    /// Waiting for and running the model.
+    embed: Duration,
+    /// Inserting rows and recording progress.
+    database: Duration,
+    /// Feature cache, index and catalogue.
+    index: Duration,
+    /// Saving the index at the end.
+    save: Duration,
+}
+
+impl Stages {
+    fn seconds(&self, total: Duration) -> serde_json::Value {
+        let timed = self.decode + self.store + self.embed + self.database + self.index + self.save;
+        json!({
+            "read": total.saturating_sub(timed).as_secs_f64(),
+            "decode": self.decode.as_secs_f64(),
+            "store": self.store.as_secs_f64(),
+            "embed": self.embed.as_secs_f64(),
+            "database": self.database.as_secs_f64(),
+            "index": self.index.as_secs_f64(),
+            "save": self.save.as_secs_f64(),
+        })
+    }
 }
 
 struct Run<'a> {
@@ -108,6 +147,7 @@ struct Run<'a> {
     skipped_count: usize,
     pending: Vec<(Entry, Vec<u8>)>,
     features: crate::features::FeatureCache,
+    stages: Stages,
 }
 
 impl Run<'_> {
@@ -127,10 +167,12 @@ impl Run<'_> {
         let pending = std::mem::take(&mut self.pending);
         let max_pixels = self.state.settings.limits.max_image_pixels;
         let input_size = self.state.embedder.model().input_size;
+        let decoding = Instant::now();
         let prepared: Vec<Result<Prepared, String>> = pending
             .par_iter()
             .map(|(_, bytes)| prepare(bytes, max_pixels, input_size).map_err(|e| format!("invalid image: {e}")))
             .collect();
+        self.stages.decode += decoding.elapsed();
         let mut good = Vec::with_capacity(pending.len());
         for ((entry, bytes), result) in pending.into_iter().zip(prepared) {
             match result {
@@ -142,12 +184,15 @@ impl Run<'_> {
             self.store(good)?;
         }
         let progress = self.done as f64 / self.total.max(1) as f64;
+        let recording = Instant::now();
         self.runtime.block_on(self.state.db.set_job_progress(&self.job.id, "ingesting", progress))?;
+        self.stages.database += recording.elapsed();
         Ok(())
     }
 
     fn store(&mut self, good: Vec<(Entry, Vec<u8>, Prepared)>) -> anyhow::Result<()> {
         let blobs = &self.state.blobs;
+        let storing = Instant::now();
         let mut inputs = Vec::with_capacity(good.len());
         let mut rows = Vec::with_capacity(good.len());
         for (entry, bytes, image) in good {
@@ -163,9 +208,18 @@ impl Run<'_> {
             });
             inputs.push(image.input);
         }
+        let mut stored = storing.elapsed();
+        let embedding = Instant::now();
         let vectors = self.state.embedder.embed_many_blocking(inputs)?;
+        self.stages.embed += embedding.elapsed();
+        let syncing = Instant::now();
         blobs.sync_keys(rows.iter().map(|r| r.blob.as_str()))?;
+        stored += syncing.elapsed();
+        self.stages.store += stored;
+        let inserting = Instant::now();
         let seqs = self.runtime.block_on(self.state.db.insert_items(&self.dataset.name, &rows))?;
+        self.stages.database += inserting.elapsed();
+        let indexing = Instant::now();
         let features: Vec<(u64, Vec<f32>)> = seqs.iter().copied().zip(vectors).collect();
         // Kept for fine-tuning and reindexing; a lost row is embedded again then.
         if let Err(err) = self.features.append(&features) {
@@ -177,6 +231,8 @@ impl Run<'_> {
         for (seq, row) in seqs.iter().zip(&rows) {
             catalog.insert(*seq, &row.item_id, &row.label);
         }
+        drop(catalog);
+        self.stages.index += indexing.elapsed();
         self.done += rows.len();
         self.ingested += rows.len();
         Ok(())

@@ -24,7 +24,12 @@ fn inputs(n: usize) -> Vec<Vec<f32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_queries_are_batched_and_unchanged() {
-    let settings = EmbedderSettings { max_batch: 16, max_wait: Duration::from_millis(50), queue_capacity: 64 };
+    let settings = EmbedderSettings {
+        max_batch: 16,
+        max_wait: Duration::from_millis(50),
+        queue_capacity: 64,
+        max_forward_pixels: usize::MAX,
+    };
     let embedder = Embedder::start(model(), settings).expect("start");
     let inputs = inputs(16);
     let alone: Vec<Vec<f32>> = {
@@ -47,7 +52,8 @@ async fn concurrent_queries_are_batched_and_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once() {
-    let settings = EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 1 };
+    let settings =
+        EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 1, max_forward_pixels: usize::MAX };
     let embedder = Embedder::start(model(), settings).expect("start");
     let input = inputs(1).remove(0);
     let results = futures_util::future::join_all((0..64).map(|_| embedder.embed_one(input.clone()))).await;
@@ -56,4 +62,22 @@ async fn a_full_queue_refuses_at_once() {
     assert!(refused > 0, "64 simultaneous queries into a queue of 1 were all accepted");
     assert!(answered > 0, "none answered");
     assert_eq!(refused + answered, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_seen_before_decoding() {
+    use std::sync::atomic::Ordering;
+    let settings =
+        EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 2, max_forward_pixels: usize::MAX };
+    let embedder = Embedder::start(model(), settings).expect("start");
+    assert!(embedder.check_room().is_ok(), "an empty queue has room");
+    // Two requests waiting fill a queue of two.
+    embedder.stats.queued.fetch_add(2, Ordering::Relaxed);
+    assert!(matches!(embedder.check_room(), Err(EmbedError::Overloaded)));
+    assert_eq!(embedder.stats.rejected.load(Ordering::Relaxed), 1, "an early refusal is counted as rejected");
+    embedder.stats.queued.fetch_sub(1, Ordering::Relaxed);
+    assert!(embedder.check_room().is_ok(), "room again once one has left");
+    embedder.stats.queued.fetch_sub(1, Ordering::Relaxed);
+    let input = inputs(1).remove(0);
+    assert!(embedder.embed_one(input).await.is_ok());
 }
