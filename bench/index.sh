@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# lookalike's index (hnsw_rs behind VectorIndex) against hnswlib and faiss-cpu HNSW on the
+# lookalike's index (VectorIndex, its own HNSW graph) against hnswlib and faiss-cpu HNSW on the
 # same vectors, queries and exact ground truth: recall@10 and queries/s per ef, build time,
 # index and peak memory, with ratios against hnswlib from this same run.
 #

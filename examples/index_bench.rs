@@ -2,12 +2,7 @@
 //! prepared dataset, as JSON lines; `bench/index.sh` runs it beside faiss and hnswlib
 //! (`bench/index/peers.py`) on the same files and prints the combined table.
 //!
-//! Usage: `cargo run --release --example index_bench -- [--bare] DATA_DIR BUILD_THREADS EF...`
-//!
-//! `--bare` is for diagnosis, not the table: it builds hnsw_rs exactly as lookalike configures
-//! it but without `VectorIndex` around it, and reports it searched without a filter
-//! (`hnsw_rs`) and with an accept-all one (`hnsw_rs+filter`), which is what `VectorIndex`
-//! passes on every search.
+//! Usage: `cargo run --release --example index_bench -- DATA_DIR BUILD_THREADS EF...`
 //!
 //! `DATA_DIR` is written by `bench/index/data.py`: `base.f32` and `queries.f32` in the feature
 //! cache format (`LKFEAT01`, rows, dim as u64 little-endian, then the rows as little-endian
@@ -16,19 +11,18 @@
 //!
 //! What is timed, and why it is like for like with the peers:
 //! - the build is one `insert_batch` of every row, inside a rayon pool of `BUILD_THREADS`
-//!   threads (hnsw_rs's `parallel_insert` is a rayon `par_iter` over the batch, so the pool
-//!   sets its parallelism); the peers build with the same thread count;
+//!   threads (`VectorIndex` links a large batch on every thread of the current rayon pool, so
+//!   the pool sets its parallelism); the peers build with the same thread count;
 //! - the queries run one after another on this thread (the peers get one thread and the whole
 //!   query matrix in one call, so neither pays per-query interpreter overhead);
 //! - every query goes through [`VectorIndex::search`] with an accept-all filter, the path the
 //!   server takes.
 //!
-//! `VectorIndex` fixes `ef_search` when it is built and offers no setter (changing
-//! `src/index/` is not this tool's business), but it searches with `max(ef_search, k)`: the
-//! index is built with `ef_search = K`, and a search at `ef` asks for `k = ef` and keeps the
-//! first [`K`]. hnsw_rs explores exactly as it would for `k = K` at that `ef`; the extra work
-//! is turning `ef` candidates instead of `K` into results and sorting them, a few percent of a
-//! query at most, counted against lookalike.
+//! `VectorIndex` fixes `ef_search` when it is built and offers no setter, but it searches
+//! with `max(ef_search, k)`: the index is built with `ef_search = K`, and a search at `ef`
+//! asks for `k = ef` and keeps the first [`K`]. The graph explores exactly as it would for
+//! `k = K` at that `ef`; the extra work is turning `ef` candidates instead of `K` into
+//! results and sorting them, a few percent of a query at most, counted against lookalike.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -36,8 +30,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use hnsw_rs::prelude::{Distance, FilterT, Hnsw};
-use lookalike::index::{IndexParams, VectorIndex, unit_cosine_distance};
+use lookalike::index::{IndexParams, VectorIndex};
 use serde_json::json;
 
 /// Neighbours scored per query: recall@10.
@@ -48,13 +41,9 @@ const TRUTH_MAGIC: &[u8; 8] = b"LKKNN001";
 const WARM_UP_QUERIES: usize = 100;
 
 fn main() -> anyhow::Result<()> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let bare = args.first().is_some_and(|a| a == "--bare");
-    if bare {
-        args.remove(0);
-    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let [data_dir, threads, efs @ ..] = args.as_slice() else {
-        bail!("usage: index_bench [--bare] DATA_DIR BUILD_THREADS EF...");
+        bail!("usage: index_bench DATA_DIR BUILD_THREADS EF...");
     };
     let data_dir = Path::new(data_dir);
     let build_threads: usize = threads.parse().context("BUILD_THREADS must be a count")?;
@@ -72,25 +61,6 @@ fn main() -> anyhow::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(build_threads).build()?;
     let run = Run { data_dir, dim, stored, build_threads, params: &params, queries: &queries, truth: &truth };
 
-    if bare {
-        // Diagnosis: hnsw_rs as lookalike configures it, without VectorIndex around it, searched
-        // without and with an accept-all filter (VectorIndex always passes a filter).
-        let rss_before_kb = proc_status_kb("VmRSS")?;
-        let started = Instant::now();
-        let hnsw = Hnsw::new(params.max_nb_connection, stored, MAX_LAYERS, params.ef_construction, BareUnitCosine);
-        let batch: Vec<(&Vec<f32>, usize)> = items.iter().map(|(id, v)| (v, *id as usize)).collect();
-        pool.install(|| hnsw.parallel_insert(&batch));
-        let build = Build { seconds: started.elapsed().as_secs_f64(), rss_before_kb };
-        run.report("hnsw_rs", &build, &efs, |query, ef| {
-            hnsw.search(query, K, ef).iter().map(|n| n.d_id as u64).collect()
-        })?;
-        let accept_all = |_: &usize| true;
-        let filter: &dyn FilterT = &accept_all;
-        return run.report("hnsw_rs+filter", &build, &efs, |query, ef| {
-            hnsw.search_filter(query, K, ef, Some(filter)).iter().map(|n| n.d_id as u64).collect()
-        });
-    }
-
     ensure!(stored >= params.exact_below, "{stored} vectors: below exact_below every search would be a scan");
     let rss_before_kb = proc_status_kb("VmRSS")?;
     let started = Instant::now();
@@ -101,19 +71,6 @@ fn main() -> anyhow::Result<()> {
     run.report("lookalike", &build, &efs, |query, ef| {
         index.search(query, ef, &accept_all, stored).iter().take(K).map(|n| n.id).collect()
     })
-}
-
-/// hnsw_rs's maximum number of layers, which lookalike's graph also uses.
-const MAX_LAYERS: usize = 16;
-
-/// The distance lookalike's graph uses (`1 − ⟨a, b⟩`, clamped), for the bare hnsw_rs build.
-#[derive(Clone, Copy)]
-struct BareUnitCosine;
-
-impl Distance<f32> for BareUnitCosine {
-    fn eval(&self, va: &[f32], vb: &[f32]) -> f32 {
-        unit_cosine_distance(va, vb)
-    }
 }
 
 /// How long the build took, and the resident memory before it.

@@ -206,7 +206,7 @@ impl AppState {
     ) -> anyhow::Result<Arc<DatasetState>> {
         let empty = self.empty_dataset_state(name, model.clone());
         let dir = empty.index_dir(&model.id);
-        let state = match Generation::load(&dir, model) {
+        let state = match Generation::load(&dir, model, &self.settings.index.params) {
             Ok(generation) => Arc::new(DatasetState::new(name, &self.indexes_dir(), generation)),
             Err(err) => {
                 if dir.exists() {

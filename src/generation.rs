@@ -226,8 +226,10 @@ impl Generation {
         result
     }
 
-    /// Loads the index of `model` saved by `save` in `dir`.
-    pub fn load(dir: &Path, model: ModelHandle) -> anyhow::Result<Self> {
+    /// Loads the index of `model` saved by `save` in `dir`. The graph keeps the shape it was
+    /// built with; it is searched with the `configured` search params, not the saved ones
+    /// (a changed `ef_search` takes effect at the next start without a rebuild).
+    pub fn load(dir: &Path, model: ModelHandle, configured: &IndexParams) -> anyhow::Result<Self> {
         let meta: IndexMeta = serde_json::from_slice(&std::fs::read(dir.join(META_FILE))?)
             .with_context(|| format!("bad {META_FILE} in {}", dir.display()))?;
         anyhow::ensure!(
@@ -237,7 +239,7 @@ impl Generation {
             meta.model_id,
             model.id
         );
-        let index = VectorIndex::load(&dir.join("hnsw"))?;
+        let index = VectorIndex::load(&dir.join("hnsw"))?.with_search_params(configured);
         Ok(Self::new(model, index, meta.covered_seq))
     }
 }

@@ -298,27 +298,23 @@ fn loading_a_missing_or_damaged_directory_is_an_error() {
             std::fs::write(p.join("index.json"), b"{not json").expect("write");
         }),
         ("flipped graph byte", |p| {
-            rewrite(&p.join("graph.hnsw.graph"), |b| b[40] ^= 0xFF);
+            rewrite(&p.join("graph.bin"), |b| b[40] ^= 0xFF);
         }),
-        ("truncated data", |p| {
-            rewrite(&p.join("graph.hnsw.data"), |b| b.truncate(b.len() / 2));
+        ("truncated graph", |p| {
+            rewrite(&p.join("graph.bin"), |b| b.truncate(b.len() / 2));
         }),
         ("missing graph", |p| {
-            std::fs::remove_file(p.join("graph.hnsw.graph")).expect("remove");
+            std::fs::remove_file(p.join("graph.bin")).expect("remove");
         }),
         ("bad magic with a matching checksum", |p| {
-            // Gets past the checksum: exercises the guard around hnsw_rs's asserts.
-            let data = p.join("graph.hnsw.data");
-            rewrite(&data, |b| b[..4].copy_from_slice(&[0xDE, 0xAD, 0xBE, 0xEF]));
-            let sha = hex::encode(Sha256::digest(std::fs::read(&data).expect("read")));
+            // Gets past the checksum: exercises the graph file's own validation.
+            let graph = p.join("graph.bin");
+            rewrite(&graph, |b| b[..4].copy_from_slice(&[0xDE, 0xAD, 0xBE, 0xEF]));
+            let sha = hex::encode(Sha256::digest(std::fs::read(&graph).expect("read")));
             let meta = p.join("index.json");
             let text = std::fs::read_to_string(&meta).expect("read");
             let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
-            for file in json["files"].as_array_mut().expect("files") {
-                if file["name"] == "graph.hnsw.data" {
-                    file["sha256"] = sha.clone().into();
-                }
-            }
+            json["graph"]["sha256"] = sha.into();
             std::fs::write(&meta, json.to_string()).expect("write");
         }),
     ];
@@ -362,7 +358,7 @@ fn load_is_faster_than_rebuild_60k_1280d() {
         .sum();
     println!(
         "{N} x {D}: rebuild (parallel insert) {rebuild:.2?}, save {save:.2?}, \
-         load (checksums + graph) {load:.2?}, {:.0} MB on disk, {} threads",
+         load (checksum + graph) {load:.2?}, {:.0} MB on disk, {} threads",
         bytes as f64 / 1e6,
         rayon::current_num_threads()
     );

@@ -44,7 +44,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
 
     report.stage("features", 0.0, json!({}));
     let mut probes: Vec<(u64, Vec<f32>)> = Vec::new();
-    let (generation, built, reused) = match Generation::load(&dir, model.clone()) {
+    let (generation, built, reused) = match Generation::load(&dir, model.clone(), &state.settings.index.params) {
         Ok(saved) => {
             // The saved index covers items up to its seq; deleted ones are filtered at search.
             let lacking: Vec<_> = records.iter().filter(|r| r.seq > saved.covered_seq()).cloned().collect();
