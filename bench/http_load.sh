@@ -26,7 +26,9 @@ seconds=20
 queries_per_label=10
 overload_clients=64
 overload_capacity=4
+tiny=false
 if [[ "${1:-}" == --tiny ]]; then
+    tiny=true
     per_label=5 seconds=1 queries_per_label=2 overload_clients=16 overload_capacity=2
     shift
 fi
@@ -38,6 +40,8 @@ slices=$(( seconds >= 8 ? 4 : 1 ))
 command -v hey > /dev/null || { echo "bench/http_load.sh needs hey: apt-get install -y hey" >&2; exit 1; }
 assets_weights="${LOOKALIKE_ASSETS:-/var/tmp/lookalike-assets}/efficientnet-lite0.safetensors"
 if [[ -z "${LOOKALIKE_WEIGHTS:-}" && -f "$assets_weights" ]]; then export LOOKALIKE_WEIGHTS="$assets_weights"; fi
+# Full runs measure the release build, the one the service ships; --tiny reuses the test build.
+if [[ -z "${BENCH_PROFILE:-}" && "$tiny" == false ]]; then export BENCH_PROFILE=release; fi
 source bench/server.sh
 raw="$out/http_load"
 rm -rf "$raw"

@@ -17,7 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 images=60000
+tiny=false
 if [[ "${1:-}" == --tiny ]]; then
+    tiny=true
     images=50
     shift
 fi
@@ -26,6 +28,8 @@ input_size=${2:-224}
 per_label=$(( images / 10 ))
 assets_weights="${LOOKALIKE_ASSETS:-/var/tmp/lookalike-assets}/efficientnet-lite0.safetensors"
 if [[ -z "${LOOKALIKE_WEIGHTS:-}" && -f "$assets_weights" ]]; then export LOOKALIKE_WEIGHTS="$assets_weights"; fi
+# Full runs measure the release build, the one the service ships; --tiny reuses the test build.
+if [[ -z "${BENCH_PROFILE:-}" && "$tiny" == false ]]; then export BENCH_PROFILE=release; fi
 source bench/server.sh
 built --example forward_time
 "$bin/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$per_label" \

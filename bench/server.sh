@@ -1,6 +1,6 @@
 # Shared by the bench scripts that measure through a real server; source it
 # after setting `input_size`. Makes a scratch folder ($work, removed at exit),
-# builds the dev binaries into $bin (`built` adds more, e.g. an example), then
+# builds the binaries into $bin (`built` adds more, e.g. an example; BENCH_PROFILE below), then
 # `start_server` runs `lookalike serve` on a random port with its data in
 # $work and sets $url once /readyz answers.
 # LOOKALIKE_WEIGHTS points the server at weights other than the fetched ones.
@@ -17,7 +17,7 @@ trap 'if [[ -n "$server" ]]; then kill "$server" 2>/dev/null || true; fi; rm -rf
 built() {
     mkdir -p "$work/bin"
     local exe
-    cargo build --quiet --message-format=json "$@" > "$work/build.json"
+    cargo build --quiet --message-format=json "${profile_args[@]}" "$@" > "$work/build.json"
     while read -r exe; do
         ln -f "$exe" "$work/bin/" 2> /dev/null || cp "$exe" "$work/bin/"
     done < <(python3 -c '
@@ -27,6 +27,11 @@ for line in open(sys.argv[1]):
         print(json.loads(line)["executable"])
 ' "$work/build.json")
 }
+# BENCH_PROFILE=release builds what the service ships (`cargo run --release`); the default,
+# dev, is what the test suite has already built (dependencies at -O3, lookalike at -O2 with
+# debug assertions), so a smoke run needs no second build.
+profile_args=()
+if [[ "${BENCH_PROFILE:-dev}" == release ]]; then profile_args=(--release); fi
 built --bins
 bin="$work/bin"
 
