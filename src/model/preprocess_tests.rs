@@ -177,3 +177,48 @@ fn batch_tensor_checks_lengths() {
     assert_eq!(ok.dims(), [2, 3, 32, 32]);
     assert!(batch_tensor(&[vec![0.0; 10]], 32, &Device::Cpu).is_err());
 }
+
+/// `to_input` as it was written before its dedicated resize: `imageops::resize` of the
+/// aspect-cropped view, then the centre crop, normalised. The reference for the test below.
+fn to_input_with_imageops(img: &RgbImage, input_size: u32) -> Vec<f32> {
+    use image::GenericImageView;
+    use image::imageops::{self, FilterType};
+    let size = input_size;
+    let target = (f64::from(size) * 256.0 / 224.0).round() as u32;
+    let view = crop_aspect(img);
+    let (w, h) = view.dimensions();
+    let scale = f64::from(target) / f64::from(w.min(h));
+    let (nw, nh) = if w <= h {
+        (target, ((f64::from(h) * scale).round() as u32).max(target))
+    } else {
+        (((f64::from(w) * scale).round() as u32).max(target), target)
+    };
+    let resized = imageops::resize(&*view, nw, nh, FilterType::Triangle);
+    let (x0, y0) = ((nw - size) / 2, (nh - size) / 2);
+    let plane = (size * size) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for y in 0..size {
+        for x in 0..size {
+            let p = resized.get_pixel(x0 + x, y0 + y);
+            for c in 0..3 {
+                out[c * plane + (y * size + x) as usize] = (f32::from(p[c]) / 255.0 - 0.5) / 0.5;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dedicated_resize_matches_imageops_value_for_value() {
+    // Up- and downscaling, odd and even sides, an aspect crop, and a size kept as is.
+    let shapes =
+        [(28, 28, 224), (28, 28, 64), (640, 480, 224), (333, 517, 64), (97, 1000, 64), (73, 73, 64), (256, 300, 224)];
+    for (w, h, size) in shapes {
+        let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 7 + y * 3) as u8, (x * x + y) as u8, ((x ^ y) * 5) as u8]));
+        let expected = to_input_with_imageops(&img, size);
+        let got = to_input(&img, size);
+        assert_eq!(got.len(), expected.len());
+        let differing = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{w}×{h} at {size}: {differing} values differ");
+    }
+}
