@@ -136,6 +136,15 @@ fn triangle_taps(from: u32, to: u32, first: u32, count: u32) -> Vec<(u32, Vec<f3
         .collect()
 }
 
+/// `v` clamped to `0..=255` and rounded half away from zero, as `f32::round` does, without
+/// its library call (the crate is built for baseline x86-64, which has no rounding
+/// instruction): the fraction of a float below 256 is exact.
+fn round_to_u8(v: f32) -> u8 {
+    let v = v.clamp(0.0, 255.0);
+    let whole = v as u8;
+    if v - f32::from(whole) >= 0.5 { whole + 1 } else { whole }
+}
+
 /// Resizes `crop` of `img` to `new` (width, height) with the triangle filter,
 /// keeps the `size`² square at `at`, and returns it normalised in CHW order.
 ///
@@ -167,6 +176,8 @@ fn resize_crop_normalise(img: &RgbImage, crop: Crop, new: (u32, u32), at: (u32, 
         }
         return out;
     }
+    // Every kept value is one of 256: normalise once per value, not per pixel.
+    let table: [f32; 256] = std::array::from_fn(|v| normalise(v as u8));
     let columns = triangle_taps(crop.w, nw, at.0, size);
     let rows = triangle_taps(crop.h, nh, at.1, size);
     // Input columns the kept output columns read.
@@ -196,7 +207,7 @@ fn resize_crop_normalise(img: &RgbImage, crop: Crop, new: (u32, u32), at: (u32, 
             }
             let i = y * size as usize + x;
             for c in 0..3 {
-                out[c * plane + i] = normalise(t[c].clamp(0.0, 255.0).round() as u8);
+                out[c * plane + i] = table[usize::from(round_to_u8(t[c]))];
             }
         }
     }
