@@ -2,7 +2,7 @@
 # Every benchmark of docs/BENCHMARKS.md, one after the other, each printing its table with
 # lookalike and its peer from the same run:
 #
-#   bash bench/all.sh            # the full runs (about an hour and a half on 2 cores)
+#   bash bench/all.sh            # the runs behind docs/BENCHMARKS.md (about 30 minutes on 2 cores)
 #   bash bench/all.sh --tiny     # every script on a tiny input: checks they run (minutes)
 #
 # Run it on a quiet machine: the timings are only as good as the machine is idle. The whole
@@ -25,10 +25,10 @@ if [[ "$flag" == "--tiny" ]]; then
     run bash bench/ingest.sh --tiny
 else
     run bash bench/embed.sh
-    run bash bench/index.sh
+    run env SYNTHETIC_QUERIES=2000 bash bench/index.sh
     run bash bench/http_load.sh
     run bash bench/train.sh
-    run bash bench/ingest.sh
+    run bash bench/ingest.sh 60000 64
     run bash bench/finetune_time.sh
 fi
 echo "all benchmarks done; the log is $log"
