@@ -35,7 +35,15 @@ test('a user picks a dataset, searches by image, and sees results and errors', a
   const ids = await page.$$eval('#results .result', (els) => els.map((e) => e.dataset.itemId));
   assert.strictEqual(ids.length, 8);
   assert.ok(ids.every((id) => id.includes('/')), `item ids look like label/index: ${ids}`);
-  const thumbsLoaded = await page.$$eval('#results img', (imgs) => imgs.every((i) => i.complete && i.naturalWidth > 0));
+  // The thumbnails load after the results are drawn: wait for them (a broken one never
+  // gets a natural width, so this times out and the assertion below fails).
+  const thumbsLoaded = await page
+    .waitForFunction(
+      () => [...document.querySelectorAll('#results img')].every((i) => i.complete && i.naturalWidth > 0),
+      null,
+      { timeout: 10000 },
+    )
+    .then(() => true, () => false);
   assert.ok(thumbsLoaded, 'every thumbnail loaded from /datasets/{name}/items/{id}/image');
 
   await page.setInputFiles('#query-file', { name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('not an image') });
