@@ -209,70 +209,55 @@ mod x86 {
         };
     }
 
-    kernel!(
-        depthwise_avx512,
-        "avx512f",
-        __m512,
-        16,
-        4,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_set1_ps,
-        _mm512_fmadd_ps,
-        _mm512_max_ps,
-        _mm512_min_ps,
-        _mm512_setzero_ps,
-        false,
-        depthwise_portable
-    );
-    kernel!(
-        depthwise_avx2,
-        "avx2,fma",
-        __m256,
-        8,
-        4,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_set1_ps,
-        _mm256_fmadd_ps,
-        _mm256_max_ps,
-        _mm256_min_ps,
-        _mm256_setzero_ps,
-        false,
-        depthwise_portable
-    );
-    kernel!(
-        broadcast_avx512,
-        "avx512f",
-        __m512,
-        16,
-        2,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_set1_ps,
-        _mm512_fmadd_ps,
-        _mm512_max_ps,
-        _mm512_min_ps,
-        _mm512_setzero_ps,
-        true,
-        broadcast_portable
-    );
-    kernel!(
-        broadcast_avx2,
-        "avx2,fma",
-        __m256,
-        8,
-        4,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_set1_ps,
-        _mm256_fmadd_ps,
-        _mm256_max_ps,
-        _mm256_min_ps,
-        _mm256_setzero_ps,
-        true,
-        broadcast_portable
-    );
+    /// The AVX-512 copy of a kernel: 16 lanes a register.
+    macro_rules! avx512 {
+        ($name:ident, $wide:literal, $broadcast:literal, $tail:ident) => {
+            kernel!(
+                $name,
+                "avx512f",
+                __m512,
+                16,
+                $wide,
+                _mm512_loadu_ps,
+                _mm512_storeu_ps,
+                _mm512_set1_ps,
+                _mm512_fmadd_ps,
+                _mm512_max_ps,
+                _mm512_min_ps,
+                _mm512_setzero_ps,
+                $broadcast,
+                $tail
+            );
+        };
+    }
+
+    /// The AVX2+FMA copy of a kernel: 8 lanes a register.
+    macro_rules! avx2 {
+        ($name:ident, $wide:literal, $broadcast:literal, $tail:ident) => {
+            kernel!(
+                $name,
+                "avx2,fma",
+                __m256,
+                8,
+                $wide,
+                _mm256_loadu_ps,
+                _mm256_storeu_ps,
+                _mm256_set1_ps,
+                _mm256_fmadd_ps,
+                _mm256_max_ps,
+                _mm256_min_ps,
+                _mm256_setzero_ps,
+                $broadcast,
+                $tail
+            );
+        };
+    }
+
+    // (name, registers per wide block, broadcast the input value?, portable tail)
+    avx512!(depthwise_avx512, 4, false, depthwise_portable);
+    avx2!(depthwise_avx2, 4, false, depthwise_portable);
+    avx512!(broadcast_avx512, 2, true, broadcast_portable);
+    avx2!(broadcast_avx2, 4, true, broadcast_portable);
 }
 
 #[cfg(test)]
