@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use lookalike::model::lite0::Lite0;
+use lookalike::network::lite0::Lite0;
 
 struct Args {
     weights: PathBuf,

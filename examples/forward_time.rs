@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use lookalike::model::depthwise::{Padding, depthwise_conv2d};
-use lookalike::model::lite0::Lite0;
+use lookalike::network::depthwise::{Padding, depthwise_conv2d};
+use lookalike::network::lite0::Lite0;
 
 /// (input size, batch size) rows of the table by default.
 const RUNS: [(usize, usize); 6] = [(224, 1), (224, 32), (64, 1), (64, 32), (96, 32), (128, 32)];
@@ -44,7 +44,7 @@ fn main() -> Result<()> {
             let assets = std::env::var_os("LOOKALIKE_ASSETS")
                 .map_or_else(|| PathBuf::from("/var/tmp/lookalike-assets"), PathBuf::from);
             let pth = assets.join("efficientnet-lite0-57934424.pth");
-            lookalike::model::import::import_weights(&pth, &scratch).context("run scripts/test-assets.sh first")?;
+            lookalike::network::import::import_weights(&pth, &scratch).context("run scripts/test-assets.sh first")?;
             scratch.clone()
         }
     };

@@ -32,10 +32,10 @@ use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
 use lookalike::experiment::features::{self, Features};
 use lookalike::fashion_mnist::{self, Sample, Split};
-use lookalike::model::EmbeddingModel;
-use lookalike::model::lite0::{LAST_BLOCK, Lite0};
-use lookalike::model::preprocess::batch_tensor;
-use lookalike::prepare::prepare;
+use lookalike::network::EmbeddingModel;
+use lookalike::network::lite0::{LAST_BLOCK, Lite0};
+use lookalike::network::preprocess::batch_tensor;
+use lookalike::network::preprocess::prepare;
 use lookalike::train::{
     BackboneTail, EmbeddingHead, PkSampler, PkShape, TrainError, TrainParams, train_head, train_tail,
 };
@@ -178,7 +178,7 @@ fn import_weights_if_missing(weights: &Path) -> Result<()> {
     }
     let pth = weights.with_file_name(PTH_NAME);
     eprintln!("importing {} into {}", pth.display(), weights.display());
-    lookalike::model::import::import_weights(&pth, weights).context("run scripts/test-assets.sh first")?;
+    lookalike::network::import::import_weights(&pth, weights).context("run scripts/test-assets.sh first")?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ pub struct Settings {
     pub limits: Limits,
     pub jobs: JobSettings,
     /// Defaults of a finetune job's params.
-    pub finetune: crate::jobs::finetune::FinetuneParams,
+    pub finetune: crate::train::params::FinetuneParams,
     pub auth: AuthSettings,
 }
 
@@ -172,7 +172,10 @@ fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::train::params::{FinetuneParams, MiningMode};
 
     #[test]
     fn embedded_defaults_parse() {
@@ -194,5 +197,31 @@ mod tests {
     #[test]
     fn postgres_password_is_redacted() {
         assert_eq!(redact_url("postgres://u:pw@host/db"), "postgres://***@host/db");
+    }
+
+    fn defaults() -> FinetuneParams {
+        Settings::load(None).expect("embedded defaults load").finetune
+    }
+
+    /// The `[finetune]` section is what a finetune job starts from.
+    #[test]
+    fn finetune_params_override_the_section_defaults_and_name_bad_keys() {
+        let defaults = defaults();
+        assert_eq!(defaults.mining, MiningMode::OfflineOnline);
+        let params = FinetuneParams::resolve(&defaults, &json!({"mining": "semi-hard", "epochs": 3})).unwrap();
+        assert_eq!((params.mining, params.epochs, params.margin), (MiningMode::SemiHard, 3, defaults.margin));
+        assert_eq!(serde_json::to_value(&params).unwrap()["margin"], json!(0.2), "shown as written, not as f32 noise");
+        for (bad, named) in [
+            (json!({"mining": "hardest"}), "unknown variant"),
+            (json!({"epochs": 0}), "params.epochs"),
+            (json!({"holdout": 0.9}), "params.holdout"),
+            (json!({"learning_rate": -1}), "params.learning_rate"),
+            (json!({"epochs": "ten"}), "invalid params"),
+            (json!({"epoch": 3}), "unknown field `epoch`"),
+            (json!([1, 2]), "must be a JSON object"),
+        ] {
+            let err = FinetuneParams::resolve(&defaults, &bad).unwrap_err();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
     }
 }

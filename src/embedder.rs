@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::model::EmbeddingModel;
+use crate::network::EmbeddingModel;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedError {

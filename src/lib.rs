@@ -5,24 +5,23 @@
 //! each dataset is served by a `generation::Generation` (model + `index`),
 //! `jobs` run ingests in the background over the `db` and `storage`.
 
-pub mod app;
+pub mod archive;
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod embedder;
-pub mod eval;
+pub mod error;
 pub mod experiment;
 pub mod fashion_mnist;
-pub mod features;
+pub mod feature_cache;
 pub mod generation;
 pub mod http;
 pub mod index;
-pub mod ingest;
 pub mod jobs;
 pub mod metrics;
-pub mod model;
-pub mod models;
-pub mod prepare;
+pub mod network;
 pub mod server;
+pub mod state;
 pub mod storage;
 pub mod train;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Upper bounds (ms) of the search latency histogram buckets.
 const LATENCY_BUCKETS_MS: [u64; 10] = [2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000];

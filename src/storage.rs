@@ -100,6 +100,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     result
 }
 
+/// Replaces the folder `dir` with one that `fill` writes, crash-safely: `fill` writes into a new
+/// sibling folder, which is renamed over `dir` once complete, so a reader (or a crash) sees the
+/// old folder or the new one, never a mix. On failure the half-written folder is removed and
+/// `dir` is untouched.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let parent = dir.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "folder has no parent"))?;
+    fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".new-{}", uuid::Uuid::new_v4().simple()));
+    let result = (|| {
+        fs::create_dir_all(&tmp)?;
+        fill(&tmp)?;
+        let old = parent.join(format!(".old-{}", uuid::Uuid::new_v4().simple()));
+        if dir.exists() {
+            fs::rename(dir, &old)?;
+        }
+        fs::rename(&tmp, dir)?;
+        remove_dir_if_exists(&old)?;
+        anyhow::Ok(())
+    })();
+    if result.is_err() {
+        let _ = remove_dir_if_exists(&tmp);
+    }
+    result
+}
+
 pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
     match fs::remove_dir_all(dir) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),

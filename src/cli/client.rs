@@ -10,9 +10,9 @@ use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
 use super::ServerArgs;
+use crate::archive::{self, ArchiveLimits};
 use crate::config::Settings;
-use crate::eval::MetricsAccumulator;
-use crate::ingest::archive::{self, ArchiveLimits};
+use crate::train::retrieval::MetricsAccumulator;
 
 /// How `eval` queries the server.
 #[derive(Debug, Clone, Copy)]
@@ -189,7 +189,7 @@ impl Client {
         k: usize,
         label: Option<&str>,
     ) -> anyhow::Result<Value> {
-        let content_type = crate::prepare::content_type(&bytes).unwrap_or("image/png");
+        let content_type = crate::network::preprocess::content_type(&bytes).unwrap_or("image/png");
         let mut query = vec![("dataset", dataset.to_owned()), ("k", k.to_string())];
         if let Some(label) = label {
             query.push(("label", label.to_owned()));

@@ -158,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::FetchWeights => {
             let (path, _) = settings.weights_path();
-            if crate::model::fetch::fetch_weights(&path)? {
+            if crate::network::fetch::fetch_weights(&path)? {
                 println!("fetched and converted the pretrained weights to {}", path.display());
             } else {
                 println!("weights already present at {}", path.display());
@@ -166,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ImportWeights { pth, out } => {
-            let count = crate::model::import::import_weights(&pth, &out)?;
+            let count = crate::network::import::import_weights(&pth, &out)?;
             println!("wrote {count} tensors to {}", out.display());
             Ok(())
         }

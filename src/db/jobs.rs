@@ -1,18 +1,19 @@
 //! The `jobs` table: the persisted job queue (meilisearch's task model).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Row;
 
 use super::Db;
+use crate::error::ErrorCode;
 
 /// A job as the API shows it (`API.md`: `Job`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     pub id: String,
-    pub kind: String,
+    pub kind: JobKind,
     pub dataset: String,
-    pub status: String,
+    pub status: JobStatus,
     pub stage: String,
     pub progress: f64,
     pub created_at: String,
@@ -34,18 +35,84 @@ pub struct JobError {
     pub message: String,
 }
 
-pub const QUEUED: &str = "queued";
-pub const RUNNING: &str = "running";
-pub const SUCCEEDED: &str = "succeeded";
-pub const FAILED: &str = "failed";
-pub const CANCELED: &str = "canceled";
+/// What a job does.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum JobKind {
+    /// Decode, store, embed and index an uploaded catalogue (`POST /datasets`).
+    Ingest,
+    /// Mine, train, evaluate and maybe promote a new model (`POST /jobs`).
+    Finetune,
+    /// Serve the dataset with another of its models (`POST .../models/{id}/activate`).
+    Reindex,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether a job of this kind that a restart interrupted is queued again instead of failed:
+    /// its work is a pure function of its params and the stored items, with checkpoints.
+    pub fn is_resumable(self) -> bool {
+        matches!(self, Self::Finetune | Self::Reindex)
+    }
+}
+
+/// Where a job is in its life: queued, running, then one of the three ends.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
 
 /// Filters of `GET /jobs`.
 #[derive(Debug, Default)]
 pub struct JobFilter<'a> {
     pub dataset: Option<&'a str>,
-    pub status: Option<&'a str>,
-    pub kind: Option<&'a str>,
+    pub status: Option<JobStatus>,
+    pub kind: Option<JobKind>,
+}
+
+fn parse_column<T: std::str::FromStr>(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<T, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    text.parse().map_err(|_| sqlx::Error::Decode(format!("unknown {column} {text:?} in the jobs table").into()))
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Job, sqlx::Error> {
@@ -58,9 +125,9 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Job, sqlx::Error> {
     let artifacts = json("artifacts")?.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
     Ok(Job {
         id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
+        kind: parse_column(row, "kind")?,
         dataset: row.try_get("dataset")?,
-        status: row.try_get("status")?,
+        status: parse_column(row, "status")?,
         stage: row.try_get("stage")?,
         progress: row.try_get("progress")?,
         created_at: row.try_get("created_at")?,
@@ -76,13 +143,13 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Job, sqlx::Error> {
 }
 
 impl Db {
-    pub async fn insert_job(&self, id: &str, kind: &str, dataset: &str, params: &Value) -> Result<Job, sqlx::Error> {
+    pub async fn insert_job(&self, id: &str, kind: JobKind, dataset: &str, params: &Value) -> Result<Job, sqlx::Error> {
         sqlx::query(
             "INSERT INTO jobs (id, kind, dataset, status, stage, progress, created_at, params)
              VALUES (?, ?, ?, 'queued', 'queued', 0, ?, ?)",
         )
         .bind(id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(dataset)
         .bind(super::now())
         .bind(params.to_string())
@@ -104,10 +171,10 @@ impl Db {
         )
         .bind(filter.dataset)
         .bind(filter.dataset)
-        .bind(filter.status)
-        .bind(filter.status)
-        .bind(filter.kind)
-        .bind(filter.kind)
+        .bind(filter.status.map(JobStatus::as_str))
+        .bind(filter.status.map(JobStatus::as_str))
+        .bind(filter.kind.map(JobKind::as_str))
+        .bind(filter.kind.map(JobKind::as_str))
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -177,10 +244,11 @@ impl Db {
     pub async fn finish_job(
         &self,
         id: &str,
-        status: &str,
+        status: JobStatus,
         result: Option<&Value>,
-        error: Option<(&str, &str)>,
+        error: Option<(ErrorCode, &str)>,
     ) -> Result<(), sqlx::Error> {
+        let status = status.as_str();
         sqlx::query(
             "UPDATE jobs SET status = ?, stage = ?, finished_at = ?, result = ?, error_code = ?, error_message = ?,
                 progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END
@@ -190,7 +258,7 @@ impl Db {
         .bind(status)
         .bind(super::now())
         .bind(result.map(Value::to_string))
-        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.0.as_str()))
         .bind(error.map(|e| e.1))
         .bind(status)
         .bind(id)
@@ -215,11 +283,7 @@ impl Db {
     /// `resumable` kinds started fewer than `max_attempts` times are queued
     /// again (they resume from their checkpoints); the others are failed with
     /// a reason. Returns the failed jobs and the requeued ones.
-    pub async fn recover_interrupted_jobs(
-        &self,
-        resumable: &[&str],
-        max_attempts: i64,
-    ) -> Result<(Vec<Job>, Vec<Job>), sqlx::Error> {
+    pub async fn recover_interrupted_jobs(&self, max_attempts: i64) -> Result<(Vec<Job>, Vec<Job>), sqlx::Error> {
         let running: Vec<Job> = sqlx::query("SELECT * FROM jobs WHERE status = 'running'")
             .fetch_all(&self.pool)
             .await?
@@ -228,14 +292,14 @@ impl Db {
             .collect::<Result<_, _>>()?;
         let (mut failed, mut requeued) = (Vec::new(), Vec::new());
         for job in running {
-            if resumable.contains(&job.kind.as_str()) && job.attempts < max_attempts {
+            if job.kind.is_resumable() && job.attempts < max_attempts {
                 sqlx::query("UPDATE jobs SET status = 'queued', stage = 'resuming' WHERE id = ?")
                     .bind(&job.id)
                     .execute(&self.pool)
                     .await?;
                 requeued.push(job);
             } else {
-                let message = if resumable.contains(&job.kind.as_str()) {
+                let message = if job.kind.is_resumable() {
                     format!(
                         "the server stopped while this job was running, {} times; it is not resumed again",
                         job.attempts
@@ -244,10 +308,11 @@ impl Db {
                     "the server stopped while this job was running; resuming is not supported for this kind".to_owned()
                 };
                 sqlx::query(
-                    "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error_code = 'interrupted',
+                    "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error_code = ?,
                         error_message = ? WHERE id = ?",
                 )
                 .bind(super::now())
+                .bind(ErrorCode::Interrupted.as_str())
                 .bind(message)
                 .bind(&job.id)
                 .execute(&self.pool)
@@ -262,10 +327,11 @@ impl Db {
     pub async fn cancel_dataset_jobs(&self, dataset: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE jobs SET status = 'canceled', stage = 'canceled', finished_at = ?,
-                error_code = 'dataset_deleted', error_message = 'the dataset was deleted'
+                error_code = ?, error_message = 'the dataset was deleted'
              WHERE dataset = ? AND status = 'queued'",
         )
         .bind(super::now())
+        .bind(ErrorCode::DatasetDeleted.as_str())
         .bind(dataset)
         .execute(&self.pool)
         .await?;

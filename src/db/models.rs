@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::Db;
-use crate::eval::Metrics;
+use crate::train::retrieval::Metrics;
 
 /// A model generation as `GET /datasets/{name}/models` shows it, plus what
 /// the server needs to load it.

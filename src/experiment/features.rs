@@ -19,8 +19,8 @@ use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
 use crate::fashion_mnist::{self, Sample, Split};
-use crate::model::EmbeddingModel;
-use crate::prepare::prepare;
+use crate::network::EmbeddingModel;
+use crate::network::preprocess::prepare;
 
 /// First bytes of a feature cache file (format version 1).
 const MAGIC: &[u8; 8] = b"LKFEAT01";

@@ -32,7 +32,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::fashion_mnist::{self, Sample, Split};
-use crate::model::EmbeddingModel;
+use crate::network::EmbeddingModel;
 use crate::train::retrieval::{self, RetrievalReport};
 use crate::train::{MinedPairs, OfflineMiningParams, TrainParams, mine_offline};
 use runs::{Mode, RunData, RunResult};

@@ -17,7 +17,7 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use serde::Serialize;
 
-use crate::eval::Metrics;
+use crate::train::retrieval::Metrics;
 use crate::train::retrieval::{self, RetrievalReport};
 use crate::train::{EmbeddingHead, Mining, PkSampler, PkShape, StepReport, TrainError, TrainParams, train_head};
 

@@ -3,12 +3,12 @@
 //! A read key may search and read; an admin key may do everything.
 
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::error::AppError;
-use crate::app::AppState;
+use super::error::{AppError, ErrorCode};
+use crate::state::AppState;
 
 const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
@@ -25,17 +25,15 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(key) = presented else {
-        return AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <key>`")
-            .into_response();
+        return AppError::new(ErrorCode::Unauthorized, "missing `Authorization: Bearer <key>`").into_response();
     };
     let is_admin = admin.iter().any(|k| constant_time_eq(k, key));
     let is_reader = read.iter().any(|k| constant_time_eq(k, key));
     if !is_admin && !is_reader {
-        return AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key").into_response();
+        return AppError::new(ErrorCode::Unauthorized, "unknown API key").into_response();
     }
     if !is_admin && !is_read_request(request.method(), request.uri().path()) {
-        return AppError::new(StatusCode::FORBIDDEN, "forbidden", "this API key may only search and read")
-            .into_response();
+        return AppError::new(ErrorCode::Forbidden, "this API key may only search and read").into_response();
     }
     next.run(request).await
 }

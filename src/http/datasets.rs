@@ -10,11 +10,12 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::check_dataset_name;
-use super::error::{AppError, AppResult};
+use super::error::{AppError, AppResult, ErrorCode};
 use super::extract::{AppPath, DRAIN_ALLOWANCE, drain, read_text};
-use crate::app::AppState;
+use crate::archive::{self, ArchiveError, ArchiveLimits};
 use crate::db::datasets::{Dataset, STATUS_INGESTING};
-use crate::ingest::archive::{self, ArchiveError, ArchiveLimits};
+use crate::db::jobs::JobKind;
+use crate::state::AppState;
 
 /// Deletes an upload file unless the ingest job took it over.
 struct UploadGuard(Option<PathBuf>);
@@ -60,9 +61,9 @@ pub async fn create(
             _ => {}
         }
     }
-    let name = name.ok_or_else(|| AppError::bad_request("missing_field", "the multipart field `name` is required"))?;
+    let name = name.ok_or_else(|| AppError::new(ErrorCode::MissingField, "the multipart field `name` is required"))?;
     if !have_archive {
-        return Err(AppError::bad_request("missing_field", "the multipart field `archive` is required"));
+        return Err(AppError::new(ErrorCode::MissingField, "the multipart field `archive` is required"));
     }
     let limits = &state.settings.limits;
     let limits =
@@ -83,7 +84,7 @@ pub async fn create(
         "images": manifest.entries.len(),
         "skipped_at_upload": manifest.skipped_count,
     });
-    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), "ingest", &name, &params).await?;
+    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), JobKind::Ingest, &name, &params).await?;
     guard.0 = None;
     state.jobs.notify();
     let dataset = state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
@@ -98,7 +99,7 @@ async fn refuse_taken_name(state: &AppState, name: &str) -> AppResult<()> {
 }
 
 fn name_taken(name: &str) -> AppError {
-    AppError::conflict("dataset_exists", format!("a dataset named {name:?} already exists"))
+    AppError::new(ErrorCode::DatasetExists, format!("a dataset named {name:?} already exists"))
 }
 
 async fn stream_to_file(mut field: axum::extract::multipart::Field<'_>, path: &Path, max: u64) -> AppResult<()> {
@@ -120,14 +121,14 @@ async fn stream_to_file(mut field: axum::extract::multipart::Field<'_>, path: &P
 fn archive_error(err: ArchiveError) -> AppError {
     let message = err.to_string();
     match err {
-        ArchiveError::Unsupported => AppError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive", message),
-        ArchiveError::Empty => AppError::bad_request("empty_archive", message),
-        ArchiveError::UnsafePath(_) => AppError::bad_request("unsafe_archive_path", message),
+        ArchiveError::Unsupported => AppError::new(ErrorCode::UnsupportedArchive, message),
+        ArchiveError::Empty => AppError::new(ErrorCode::EmptyArchive, message),
+        ArchiveError::UnsafePath(_) => AppError::new(ErrorCode::UnsafeArchivePath, message),
         ArchiveError::TooManyEntries(_) | ArchiveError::TooLarge(_) => {
-            AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "archive_too_large", message)
+            AppError::new(ErrorCode::ArchiveTooLarge, message)
         }
-        ArchiveError::Corrupt(_) => AppError::bad_request("invalid_archive", message),
-        ArchiveError::BadLabels(_) => AppError::bad_request("invalid_labels_csv", message),
+        ArchiveError::Corrupt(_) => AppError::new(ErrorCode::InvalidArchive, message),
+        ArchiveError::BadLabels(_) => AppError::new(ErrorCode::InvalidLabelsCsv, message),
     }
 }
 
@@ -164,8 +165,8 @@ pub async fn delete(State(state): State<AppState>, AppPath(name): AppPath<String
     state.db.delete_dataset(&name).await?;
     let blobs = state.blobs.clone();
     let index_root = removed.map(|d| d.index_root().to_path_buf());
-    let models = crate::models::dataset_dir(state.data_dir(), &name);
-    let features = crate::features::FeatureCache::dataset_dir(state.data_dir(), &name);
+    let models = crate::generation::store::dataset_dir(state.data_dir(), &name);
+    let features = crate::feature_cache::FeatureCache::dataset_dir(state.data_dir(), &name);
     tokio::task::spawn_blocking(move || {
         blobs.delete_dataset(&name)?;
         for dir in index_root.iter().chain([&models, &features]) {

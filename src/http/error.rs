@@ -1,5 +1,6 @@
 //! The one error type at the HTTP edge: every failure becomes
-//! `{"error": {"code", "message"}}` with a stable snake_case code (`API.md`).
+//! `{"error": {"code", "message"}}` with a stable snake_case code, one of
+//! [`ErrorCode`] (`docs/API.md`), whose variant also fixes the status.
 //!
 //! Client mistakes are 4xx with a code naming the problem. Server faults are
 //! logged with their detail and answered 500 `internal` without it.
@@ -12,55 +13,44 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+pub use crate::error::ErrorCode;
+
 #[derive(Debug)]
 pub struct AppError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 pub type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
-    }
-
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
-    }
-
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        Self::new(ErrorCode::PayloadTooLarge, message)
     }
 
     pub fn dataset_not_found(name: &str) -> Self {
-        Self::not_found("dataset_not_found", format!("no dataset named {name:?}"))
+        Self::new(ErrorCode::DatasetNotFound, format!("no dataset named {name:?}"))
     }
 
     /// A server fault: the detail goes to the log, the client gets a generic message.
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal server error; see the server log")
+        Self::new(ErrorCode::Internal, "internal server error; see the server log")
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        (self.code.status(), Json(body)).into_response()
     }
 }
 
@@ -87,13 +77,13 @@ impl From<MultipartError> for AppError {
         if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::too_large(format!("request body too large: {}", err.body_text()));
         }
-        Self::bad_request("invalid_multipart", format!("malformed multipart body: {}", err.body_text()))
+        Self::new(ErrorCode::InvalidMultipart, format!("malformed multipart body: {}", err.body_text()))
     }
 }
 
 impl From<MultipartRejection> for AppError {
     fn from(err: MultipartRejection) -> Self {
-        Self::bad_request("invalid_multipart", format!("expected a multipart/form-data body: {}", err.body_text()))
+        Self::new(ErrorCode::InvalidMultipart, format!("expected a multipart/form-data body: {}", err.body_text()))
     }
 }
 
@@ -102,16 +92,15 @@ impl From<JsonRejection> for AppError {
         if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return Self::too_large(err.body_text());
         }
-        Self::new(
-            if err.status().is_client_error() { err.status() } else { StatusCode::BAD_REQUEST },
-            "invalid_json",
-            err.body_text(),
-        )
+        if let JsonRejection::MissingJsonContentType(_) = err {
+            return Self::new(ErrorCode::UnsupportedMediaType, err.body_text());
+        }
+        Self::new(ErrorCode::InvalidJson, err.body_text())
     }
 }
 
 impl From<QueryRejection> for AppError {
     fn from(err: QueryRejection) -> Self {
-        Self::bad_request("invalid_query", err.body_text())
+        Self::new(ErrorCode::InvalidQuery, err.body_text())
     }
 }

@@ -5,7 +5,7 @@ use axum::extract::FromRequestParts;
 use axum::extract::multipart::Field;
 use axum::extract::rejection::PathRejection;
 
-use super::error::{AppError, AppResult};
+use super::error::{AppError, AppResult, ErrorCode};
 
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(AppError))]
@@ -17,7 +17,7 @@ pub struct AppQuery<T>(pub T);
 
 impl From<PathRejection> for AppError {
     fn from(err: PathRejection) -> Self {
-        AppError::bad_request("invalid_path", err.body_text())
+        AppError::new(ErrorCode::InvalidPath, err.body_text())
     }
 }
 
@@ -29,7 +29,7 @@ pub fn parse_k(raw: Option<&str>, max_k: usize) -> AppResult<usize> {
     match raw.parse::<usize>() {
         Ok(k) if (1..=max_k).contains(&k) => Ok(k),
         _ => {
-            Err(AppError::bad_request("invalid_k", format!("k must be a whole number from 1 to {max_k}, got {raw:?}")))
+            Err(AppError::new(ErrorCode::InvalidK, format!("k must be a whole number from 1 to {max_k}, got {raw:?}")))
         }
     }
 }
@@ -60,5 +60,5 @@ pub async fn drain(mut field: Field<'_>) {
 /// Reads a short text field (a name, a label, a number).
 pub async fn read_text(field: Field<'_>, name: &str) -> AppResult<String> {
     let bytes = read_field(field, 4096, name).await?;
-    String::from_utf8(bytes).map_err(|_| AppError::bad_request("invalid_field", format!("field {name:?} is not UTF-8")))
+    String::from_utf8(bytes).map_err(|_| AppError::new(ErrorCode::InvalidField, format!("field {name:?} is not UTF-8")))
 }

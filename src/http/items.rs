@@ -1,8 +1,6 @@
 //! `/datasets/{name}/items`: add one item (searchable when answered), list,
 //! show, fetch the original bytes, delete (never returned by a search again).
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
@@ -11,28 +9,17 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{AppError, AppResult};
+use super::error::{AppError, AppResult, ErrorCode};
 use super::extract::{AppPath, AppQuery, read_field, read_text};
-use crate::app::AppState;
+use super::serving;
+use crate::archive::{check_item_id, check_label};
 use crate::db::items::{InsertError, Item, NewItem};
-use crate::generation::DatasetState;
-use crate::ingest::archive::{check_item_id, check_label};
+use crate::state::AppState;
 use crate::storage::BlobStore;
 
 /// Most items one page of `GET .../items` returns.
 const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
-
-/// The serving state of a dataset, or 404 (or 503 while it is still loading).
-pub fn serving(state: &AppState, name: &str) -> AppResult<Arc<DatasetState>> {
-    if let Some(dataset) = state.dataset(name) {
-        return Ok(dataset);
-    }
-    if !state.is_ready() {
-        return Err(AppError::unavailable("not_ready", "the server is still loading its indexes; retry shortly"));
-    }
-    Err(AppError::dataset_not_found(name))
-}
 
 pub async fn add(
     State(state): State<AppState>,
@@ -51,12 +38,12 @@ pub async fn add(
         }
     }
     let image =
-        image.ok_or_else(|| AppError::bad_request("missing_field", "the multipart field `image` is required"))?;
+        image.ok_or_else(|| AppError::new(ErrorCode::MissingField, "the multipart field `image` is required"))?;
     let label =
-        label.ok_or_else(|| AppError::bad_request("missing_field", "the multipart field `label` is required"))?;
-    check_label(&label).map_err(|m| AppError::bad_request("invalid_label", m))?;
+        label.ok_or_else(|| AppError::new(ErrorCode::MissingField, "the multipart field `label` is required"))?;
+    check_label(&label).map_err(|m| AppError::new(ErrorCode::InvalidLabel, m))?;
     let item_id = item_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    check_item_id(&item_id).map_err(|m| AppError::bad_request("invalid_item_id", m))?;
+    check_item_id(&item_id).map_err(|m| AppError::new(ErrorCode::InvalidItemId, m))?;
     if state.db.get_item(&name, &item_id).await?.is_some() {
         return Err(item_exists(&item_id));
     }
@@ -99,11 +86,11 @@ pub async fn add(
 }
 
 fn item_exists(item_id: &str) -> AppError {
-    AppError::conflict("item_exists", format!("an item with id {item_id:?} already exists in this dataset"))
+    AppError::new(ErrorCode::ItemExists, format!("an item with id {item_id:?} already exists in this dataset"))
 }
 
 fn item_not_found(item_id: &str) -> AppError {
-    AppError::not_found("item_not_found", format!("no item with id {item_id:?} in this dataset"))
+    AppError::new(ErrorCode::ItemNotFound, format!("no item with id {item_id:?} in this dataset"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,7 +109,7 @@ pub async fn list(
     let limit = match params.limit.as_deref() {
         None | Some("") => DEFAULT_PAGE,
         Some(raw) => raw.parse().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
-            AppError::bad_request("invalid_limit", format!("limit must be a whole number from 1 to {MAX_PAGE}"))
+            AppError::new(ErrorCode::InvalidLimit, format!("limit must be a whole number from 1 to {MAX_PAGE}"))
         })?,
     };
     let cursor = params.cursor.filter(|c| !c.is_empty());

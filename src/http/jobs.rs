@@ -8,16 +8,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::{AppError, AppResult};
+use super::error::{AppError, AppResult, ErrorCode};
 use super::extract::{AppPath, AppQuery};
-use crate::app::AppState;
-use crate::db::jobs::{Job, JobFilter};
-use crate::jobs::finetune::FinetuneParams;
+use crate::db::jobs::{Job, JobFilter, JobKind, JobStatus};
+use crate::state::AppState;
+use crate::train::params::{FinetuneParams, check_trainable};
 
 /// Most jobs one `GET /jobs` returns.
 const MAX_JOBS_LISTED: usize = 1000;
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "canceled"];
-const KINDS: [&str; 3] = ["ingest", "finetune", "reindex"];
 
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
@@ -27,25 +25,25 @@ pub struct ListParams {
 }
 
 pub async fn list(State(state): State<AppState>, AppQuery(params): AppQuery<ListParams>) -> AppResult<Json<Value>> {
-    let status = params.status.filter(|s| !s.is_empty());
-    if let Some(status) = &status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(AppError::bad_request("invalid_status", format!("status must be one of {STATUSES:?}")));
-    }
-    let kind = params.kind.filter(|s| !s.is_empty());
-    if let Some(kind) = &kind
-        && !KINDS.contains(&kind.as_str())
-    {
-        return Err(AppError::bad_request("invalid_kind", format!("kind must be one of {KINDS:?}")));
-    }
-    let filter = JobFilter {
-        dataset: params.dataset.as_deref().filter(|s| !s.is_empty()),
-        status: status.as_deref(),
-        kind: kind.as_deref(),
-    };
+    let status = parse_filter::<JobStatus>(params.status.as_deref(), ErrorCode::InvalidStatus, "status")?;
+    let kind = parse_filter::<JobKind>(params.kind.as_deref(), ErrorCode::InvalidKind, "kind")?;
+    let filter = JobFilter { dataset: params.dataset.as_deref().filter(|s| !s.is_empty()), status, kind };
     let jobs = state.db.list_jobs(&filter, MAX_JOBS_LISTED).await?;
     Ok(Json(json!({ "jobs": jobs })))
+}
+
+/// An optional filter value (empty means none); the error lists the values it may take.
+fn parse_filter<T>(raw: Option<&str>, code: ErrorCode, name: &str) -> AppResult<Option<T>>
+where
+    T: std::str::FromStr + strum::IntoEnumIterator + Into<&'static str>,
+{
+    let Some(raw) = raw.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    raw.parse().map(Some).map_err(|_| {
+        let allowed: Vec<&'static str> = T::iter().map(Into::into).collect();
+        AppError::new(code, format!("{name} must be one of {allowed:?}, not {raw:?}"))
+    })
 }
 
 pub async fn get(State(state): State<AppState>, AppPath(id): AppPath<String>) -> AppResult<Json<Job>> {
@@ -53,7 +51,7 @@ pub async fn get(State(state): State<AppState>, AppPath(id): AppPath<String>) ->
 }
 
 async fn find(state: &AppState, id: &str) -> AppResult<Job> {
-    state.db.get_job(id).await?.ok_or_else(|| AppError::not_found("job_not_found", format!("no job with id {id:?}")))
+    state.db.get_job(id).await?.ok_or_else(|| AppError::new(ErrorCode::JobNotFound, format!("no job with id {id:?}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,24 +68,24 @@ pub async fn create(
     body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
 ) -> AppResult<(StatusCode, Json<Job>)> {
     let Json(request) = body?;
-    let job = match request.kind.as_str() {
-        "finetune" => queue_finetune(&state, &request.dataset, &request.params).await?,
-        "reindex" => {
+    let kind = request.kind.parse::<JobKind>().map_err(|_| {
+        AppError::new(
+            ErrorCode::UnsupportedJobKind,
+            format!("kind must be \"finetune\" or \"reindex\", not {:?}", request.kind),
+        )
+    })?;
+    let job = match kind {
+        JobKind::Finetune => queue_finetune(&state, &request.dataset, &request.params).await?,
+        JobKind::Reindex => {
             let Some(model) = request.params.get("model").and_then(Value::as_str) else {
-                return Err(AppError::bad_request("invalid_params", "a reindex job needs params.model, a model id"));
+                return Err(AppError::new(ErrorCode::InvalidParams, "a reindex job needs params.model, a model id"));
             };
             queue_reindex(&state, &request.dataset, model).await?
         }
-        "ingest" => {
-            return Err(AppError::bad_request(
-                "unsupported_job_kind",
+        JobKind::Ingest => {
+            return Err(AppError::new(
+                ErrorCode::UnsupportedJobKind,
                 "ingest jobs are created by uploading a catalogue to POST /datasets",
-            ));
-        }
-        other => {
-            return Err(AppError::bad_request(
-                "unsupported_job_kind",
-                format!("kind must be \"finetune\" or \"reindex\", not {other:?}"),
             ));
         }
     };
@@ -98,7 +96,7 @@ pub async fn create(
 async fn ready_dataset(state: &AppState, name: &str) -> AppResult<()> {
     let dataset = state.db.get_dataset(name).await?.ok_or_else(|| AppError::dataset_not_found(name))?;
     if dataset.status == crate::db::datasets::STATUS_INGESTING {
-        return Err(AppError::conflict("dataset_not_ready", format!("dataset {name:?} is still being ingested")));
+        return Err(AppError::new(ErrorCode::DatasetNotReady, format!("dataset {name:?} is still being ingested")));
     }
     Ok(())
 }
@@ -106,20 +104,12 @@ async fn ready_dataset(state: &AppState, name: &str) -> AppResult<()> {
 async fn queue_finetune(state: &AppState, dataset: &str, params: &Value) -> AppResult<Job> {
     ready_dataset(state, dataset).await?;
     let params = FinetuneParams::resolve(&state.settings.finetune, params)
-        .map_err(|message| AppError::bad_request("invalid_params", message))?;
+        .map_err(|message| AppError::new(ErrorCode::InvalidParams, message))?;
     let labels = state.db.label_counts(dataset).await?;
-    let usable = labels.iter().filter(|(_, n)| *n >= 3).count();
-    if usable < 2 {
-        return Err(AppError::conflict(
-            "dataset_too_small",
-            format!(
-                "fine-tuning needs at least 2 labels with 3 or more items (one held out, two to train on); \
-                 dataset {dataset:?} has {usable}"
-            ),
-        ));
-    }
+    check_trainable(labels.iter().map(|(_, n)| *n as usize))
+        .map_err(|message| AppError::new(ErrorCode::DatasetTooSmall, format!("dataset {dataset:?}: {message}")))?;
     let params = serde_json::to_value(&params).map_err(AppError::internal)?;
-    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), "finetune", dataset, &params).await?;
+    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), JobKind::Finetune, dataset, &params).await?;
     state.jobs.notify();
     Ok(job)
 }
@@ -127,12 +117,11 @@ async fn queue_finetune(state: &AppState, dataset: &str, params: &Value) -> AppR
 /// Queues a job that makes `model` the dataset's active model.
 pub async fn queue_reindex(state: &AppState, dataset: &str, model: &str) -> AppResult<Job> {
     ready_dataset(state, dataset).await?;
-    let record =
-        state.db.get_model(dataset, model).await?.ok_or_else(|| {
-            AppError::not_found("model_not_found", format!("dataset {dataset:?} has no model {model:?}"))
-        })?;
+    let record = state.db.get_model(dataset, model).await?.ok_or_else(|| {
+        AppError::new(ErrorCode::ModelNotFound, format!("dataset {dataset:?} has no model {model:?}"))
+    })?;
     let params = json!({ "model": record.id });
-    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), "reindex", dataset, &params).await?;
+    let job = state.db.insert_job(&uuid::Uuid::new_v4().to_string(), JobKind::Reindex, dataset, &params).await?;
     state.jobs.notify();
     Ok(job)
 }
@@ -152,7 +141,7 @@ pub async fn artifact(
 ) -> AppResult<Response> {
     let job = find(&state, &id).await?;
     if !job.artifacts.contains(&file) {
-        return Err(AppError::not_found("artifact_not_found", format!("job {id} has no artifact {file:?}")));
+        return Err(AppError::new(ErrorCode::ArtifactNotFound, format!("job {id} has no artifact {file:?}")));
     }
     let path = state.data_dir().join("artifacts").join(&job.id).join(&file);
     let bytes = tokio::fs::read(&path).await?;

@@ -15,14 +15,16 @@ pub mod search;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
-use crate::app::AppState;
-use error::AppError;
+use std::sync::Arc;
+
+use crate::generation::DatasetState;
+use crate::state::AppState;
+use error::{AppError, AppResult, ErrorCode};
 
 /// Room for the non-file fields of a multipart body beside its image.
 const MULTIPART_OVERHEAD: u64 = 1 << 20;
@@ -67,11 +69,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> AppError {
-    AppError::not_found("not_found", "no such endpoint; see GET /openapi.json")
+    AppError::new(ErrorCode::NotFound, "no such endpoint; see GET /openapi.json")
 }
 
 async fn method_not_allowed() -> AppError {
-    AppError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+    AppError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method")
 }
 
 async fn count_status(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -87,9 +89,20 @@ pub fn check_dataset_name(name: &str) -> Result<(), AppError> {
     if valid {
         Ok(())
     } else {
-        Err(AppError::bad_request(
-            "invalid_dataset_name",
+        Err(AppError::new(
+            ErrorCode::InvalidDatasetName,
             format!("dataset name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, _ and -"),
         ))
     }
+}
+
+/// The serving state of a dataset, or 404 (or 503 while it is still loading).
+pub fn serving(state: &AppState, name: &str) -> AppResult<Arc<DatasetState>> {
+    if let Some(dataset) = state.dataset(name) {
+        return Ok(dataset);
+    }
+    if !state.is_ready() {
+        return Err(AppError::new(ErrorCode::NotReady, "the server is still loading its indexes; retry shortly"));
+    }
+    Err(AppError::dataset_not_found(name))
 }

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::error::{AppError, AppResult};
 use super::extract::AppPath;
-use crate::app::AppState;
 use crate::db::jobs::Job;
+use crate::state::AppState;
 
 pub async fn list(State(state): State<AppState>, AppPath(name): AppPath<String>) -> AppResult<Json<Value>> {
     state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;

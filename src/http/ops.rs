@@ -6,7 +6,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 const OPENAPI: &str = include_str!("openapi.json");
 const PAGE: &str = include_str!("page.html");
@@ -19,7 +19,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "ready", "model": state.embedder.model().id})).into_response()
     } else {
-        super::error::AppError::unavailable("not_ready", "loading models and indexes").into_response()
+        super::error::AppError::new(super::error::ErrorCode::NotReady, "loading models and indexes").into_response()
     }
 }
 

@@ -12,14 +12,14 @@ use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 
-use super::error::{AppError, AppResult};
+use super::error::{AppError, AppResult, ErrorCode};
 use super::extract::{AppPath, AppQuery, parse_k, read_field, read_text};
-use super::items::serving;
-use crate::app::AppState;
+use super::serving;
 use crate::embedder::{Arrival, EmbedError, EmbedTiming};
 use crate::metrics::SearchTiming;
-use crate::model::preprocess::DecodeError;
-use crate::prepare::{Prepared, prepare};
+use crate::network::preprocess::DecodeError;
+use crate::network::preprocess::{Prepared, prepare};
+use crate::state::AppState;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchParams {
@@ -55,7 +55,7 @@ pub async fn search(
     let image = if content_type.starts_with("multipart/form-data") {
         let mut multipart = Multipart::from_request(request, &state)
             .await
-            .map_err(|e| AppError::bad_request("invalid_multipart", e.body_text()))?;
+            .map_err(|e| AppError::new(ErrorCode::InvalidMultipart, e.body_text()))?;
         let mut image = None;
         while let Some(field) = multipart.next_field().await? {
             match field.name() {
@@ -69,13 +69,13 @@ pub async fn search(
                 _ => {}
             }
         }
-        image.ok_or_else(|| AppError::bad_request("missing_field", "the multipart field `image` is required"))?
+        image.ok_or_else(|| AppError::new(ErrorCode::MissingField, "the multipart field `image` is required"))?
     } else if content_type.starts_with("image/") {
         let body = Bytes::from_request(request, &state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 AppError::too_large(e.body_text())
             } else {
-                AppError::bad_request("invalid_body", e.body_text())
+                AppError::new(ErrorCode::InvalidBody, e.body_text())
             }
         })?;
         let max = state.settings.limits.max_image_bytes;
@@ -85,20 +85,19 @@ pub async fn search(
         body
     } else {
         return Err(AppError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send multipart/form-data with an `image` field, or the raw image with Content-Type: image/*",
         ));
     };
     let dataset = params
         .dataset
         .filter(|d| !d.is_empty())
-        .ok_or_else(|| AppError::bad_request("missing_field", "`dataset` is required"))?;
+        .ok_or_else(|| AppError::new(ErrorCode::MissingField, "`dataset` is required"))?;
     let k = parse_k(params.k.as_deref(), state.settings.limits.max_k)?;
     let label = params.label.filter(|l| !l.is_empty());
     serving(&state, &dataset)?;
     if image.is_empty() {
-        return Err(AppError::bad_request("invalid_image", "the image is empty"));
+        return Err(AppError::new(ErrorCode::InvalidImage, "the image is empty"));
     }
     state.embedder.check_room().map_err(embed_error)?;
     let mut clock = Clock::read(started, arrival);
@@ -123,10 +122,9 @@ pub async fn similar(
     let arrival = state.embedder.announce();
     let k = parse_k(params.k.as_deref(), state.settings.limits.max_k)?;
     serving(&state, &name)?;
-    let record =
-        state.db.get_item(&name, &item_id).await?.ok_or_else(|| {
-            AppError::not_found("item_not_found", format!("no item with id {item_id:?} in this dataset"))
-        })?;
+    let record = state.db.get_item(&name, &item_id).await?.ok_or_else(|| {
+        AppError::new(ErrorCode::ItemNotFound, format!("no item with id {item_id:?} in this dataset"))
+    })?;
     let blobs = state.blobs.clone();
     let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
     state.embedder.check_room().map_err(embed_error)?;
@@ -147,10 +145,8 @@ pub async fn prepare_upload(state: &AppState, bytes: Bytes) -> AppResult<Prepare
         .await
         .map_err(AppError::internal)?;
     prepared.map_err(|err| match err {
-        DecodeError::TooManyPixels { .. } => {
-            AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", err.to_string())
-        }
-        other => AppError::bad_request("invalid_image", format!("not a readable image: {other}")),
+        DecodeError::TooManyPixels { .. } => AppError::new(ErrorCode::ImageTooLarge, err.to_string()),
+        other => AppError::new(ErrorCode::InvalidImage, format!("not a readable image: {other}")),
     })
 }
 
@@ -168,8 +164,8 @@ async fn embed_timed(state: &AppState, input: Vec<f32>, arrival: Arrival) -> App
 /// A full queue is a 503 the client may retry.
 fn embed_error(err: EmbedError) -> AppError {
     match err {
-        EmbedError::Overloaded => AppError::unavailable("overloaded", err.to_string()),
-        EmbedError::Stopped => AppError::unavailable("model_unavailable", err.to_string()),
+        EmbedError::Overloaded => AppError::new(ErrorCode::Overloaded, err.to_string()),
+        EmbedError::Stopped => AppError::new(ErrorCode::ModelUnavailable, err.to_string()),
         EmbedError::Model(_) => AppError::internal(err),
     }
 }
@@ -208,14 +204,14 @@ async fn run_search(
     let Clock { started, mut timing, arrival } = clock;
     let dataset = serving(state, name)?;
     let generation = dataset.generation.load_full();
-    if generation.backbone != state.embedder.model().id {
-        return Err(AppError::unavailable("model_unavailable", "the dataset's model is not loaded"));
+    if generation.model.backbone != state.embedder.model().id {
+        return Err(AppError::new(ErrorCode::ModelUnavailable, "the dataset's model is not loaded"));
     }
     let (vector, embedded) = embed_timed(state, input, arrival).await?;
     timing.queued = embedded.queued;
     timing.gathering = embedded.gathering;
     timing.forward = embedded.forward;
-    let model = generation.model_id.clone();
+    let model = generation.model.id.clone();
     let searching = Instant::now();
     let hits = tokio::task::spawn_blocking(move || {
         let catalog = dataset.catalog.read().unwrap_or_else(|e| e.into_inner());

@@ -1,5 +1,5 @@
 //! The `ingest` job: decode, store, embed and index every image of an
-//! uploaded catalogue archive (already checked whole by `ingest::archive::scan`
+//! uploaded catalogue archive (already checked whole by `archive::scan`
 //! when it was uploaded).
 //!
 //! Runs on a blocking thread. Images are handled in chunks: decoded in
@@ -18,20 +18,22 @@ use rayon::prelude::*;
 use serde_json::json;
 use tokio::runtime::Handle;
 
-use super::{CancelFlag, JobFailure, JobResult};
-use crate::app::AppState;
+use super::JobResult;
+use crate::archive::{self, ArchiveLimits, Entry, Skipped};
+use crate::cancel::CancelFlag;
 use crate::db::datasets::{STATUS_FAILED, STATUS_READY};
 use crate::db::items::NewItem;
 use crate::db::jobs::Job;
-use crate::ingest::archive::{self, ArchiveLimits, Entry, Skipped};
-use crate::prepare::{Prepared, prepare};
+use crate::error::{ErrorCode, JobFailure};
+use crate::network::preprocess::{Prepared, prepare};
+use crate::state::AppState;
 use crate::storage::BlobStore;
 
 pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     let runtime = Handle::current();
     let upload = job.params.get("archive").and_then(|v| v.as_str()).map(|name| state.uploads_dir().join(name));
     let Some(upload) = upload else {
-        return Err(JobFailure::failed("invalid_job", "ingest job without an archive"));
+        return Err(JobFailure::failed(ErrorCode::InvalidJob, "ingest job without an archive"));
     };
     let outcome = ingest(state, job, cancel, &upload, &runtime);
     let _ = std::fs::remove_file(&upload);
@@ -46,13 +48,13 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
     let started = Instant::now();
     let dataset = state
         .dataset(&job.dataset)
-        .ok_or_else(|| JobFailure::failed("dataset_not_found", "the dataset was deleted"))?;
+        .ok_or_else(|| JobFailure::failed(ErrorCode::DatasetNotFound, "the dataset was deleted"))?;
     let limits = &state.settings.limits;
     let manifest = archive::scan(
         upload,
         ArchiveLimits { max_entries: limits.max_archive_entries, max_unpacked_bytes: limits.max_unpacked_bytes },
     )
-    .map_err(|e| JobFailure::failed("invalid_archive", e.to_string()))?;
+    .map_err(|e| JobFailure::failed(ErrorCode::InvalidArchive, e.to_string()))?;
     let total = manifest.entries.len();
     let mut run = Run {
         state,
@@ -65,7 +67,7 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
         skipped: manifest.skipped.clone(),
         skipped_count: manifest.skipped_count,
         pending: Vec::with_capacity(state.settings.jobs.ingest_chunk),
-        features: crate::models::feature_cache(state, &job.dataset),
+        features: crate::jobs::features::feature_cache(state, &job.dataset),
         stages: Stages::default(),
     };
     let chunk = state.settings.jobs.ingest_chunk;
@@ -88,7 +90,7 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
     run.flush()?;
     let saving = Instant::now();
     let generation = dataset.generation.load_full();
-    generation.save(&dataset.index_dir(&generation.model_id))?;
+    generation.save(&dataset.index_dir(generation.model_id()))?;
     run.stages.save += saving.elapsed();
     let elapsed = started.elapsed();
     let seconds = elapsed.as_secs_f64();
@@ -146,7 +148,7 @@ struct Run<'a> {
     skipped: Vec<Skipped>,
     skipped_count: usize,
     pending: Vec<(Entry, Vec<u8>)>,
-    features: crate::features::FeatureCache,
+    features: crate::feature_cache::FeatureCache,
     stages: Stages,
 }
 

@@ -13,6 +13,7 @@
 //!   the whole training set, with the thresholds and histogram that chose them ([`MinedPairs`]);
 //! - [`head`]: the [`EmbeddingHead`], a linear layer from backbone features to L2-normalised
 //!   embeddings, seeded from [`TrainRng`] and saved as safetensors;
+//! - [`params`]: a finetune job's params ([`params::FinetuneParams`]) and the dataset-size rule;
 //! - [`plot`]: PNG charts of a job's artifacts: the mined distance histogram with its thresholds,
 //!   MAP@R lines per mining mode and the loss curve;
 //! - [`retrieval`]: exact Recall@K and MAP@R of queries against a gallery, for evaluating heads
@@ -36,6 +37,7 @@ pub mod head;
 pub mod losses;
 pub mod miners;
 pub mod offline;
+pub mod params;
 pub mod plot;
 pub mod retrieval;
 pub mod rng;

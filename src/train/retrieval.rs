@@ -1,10 +1,19 @@
-//! Exact in-process retrieval evaluation: every query ranked against the whole gallery.
+//! Retrieval quality: Recall@K and MAP@R ([`Metrics`], [`MetricsAccumulator`]), and exact
+//! in-process evaluation: every query ranked against the whole gallery ([`evaluate`]).
+//!
+//! The measures are those of metric-learning work (Musgrave et al., "A Metric Learning Reality
+//! Check", 2020). For one query with ranked results marked relevant (same label) or not, and
+//! `R` relevant items in the catalogue:
+//! - Recall@K is 1 when any of the first K results is relevant, else 0;
+//! - AP@R = (1/R) · Σ_{i ≤ R, result i relevant} (relevant among first i) / i.
+//!
+//! The dataset figures are the means over queries.
 //!
 //! Training needs a quality figure that does not go through the server: the HTTP search caps `k`
 //! at 1000, so `lookalike eval` can only give MAP@R with R capped, and an approximate index would
 //! blur the differences between training runs that we want to measure. [`evaluate`] ranks every
 //! gallery item for every query by the dot product (cosine, as rows are L2-normalised), exactly,
-//! and feeds [`crate::eval::MetricsAccumulator`] with the true R: the number of gallery items that
+//! and feeds [`MetricsAccumulator`] with the true R: the number of gallery items that
 //! share the query's label, however many there are.
 //!
 //! # Cost
@@ -22,9 +31,69 @@ use std::collections::HashMap;
 use anyhow::{Context, ensure};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::eval::{Metrics, MetricsAccumulator};
+/// Recall@1/5/10 and MAP@R averaged over queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub recall_at_1: f64,
+    pub recall_at_5: f64,
+    pub recall_at_10: f64,
+    pub map_at_r: f64,
+}
+
+/// 1.0 when one of the first `k` results is relevant.
+pub fn recall_at(relevant: &[bool], k: usize) -> f64 {
+    f64::from(u8::from(relevant.iter().take(k).any(|&r| r)))
+}
+
+/// AP@R over the first `r` ranked results (missing results count as misses).
+pub fn average_precision_at_r(relevant: &[bool], r: usize) -> f64 {
+    if r == 0 {
+        return 0.0;
+    }
+    let mut hits = 0usize;
+    let mut sum = 0.0;
+    for (i, &is_relevant) in relevant.iter().take(r).enumerate() {
+        if is_relevant {
+            hits += 1;
+            sum += hits as f64 / (i + 1) as f64;
+        }
+    }
+    sum / r as f64
+}
+
+/// Sums per-query figures into dataset means.
+#[derive(Debug, Default)]
+pub struct MetricsAccumulator {
+    sum: Metrics,
+    queries: usize,
+}
+
+impl MetricsAccumulator {
+    /// Adds one query: its ranked relevance and its number of relevant items.
+    pub fn add(&mut self, relevant: &[bool], r: usize) {
+        self.sum.recall_at_1 += recall_at(relevant, 1);
+        self.sum.recall_at_5 += recall_at(relevant, 5);
+        self.sum.recall_at_10 += recall_at(relevant, 10);
+        self.sum.map_at_r += average_precision_at_r(relevant, r);
+        self.queries += 1;
+    }
+
+    pub fn queries(&self) -> usize {
+        self.queries
+    }
+
+    pub fn finish(&self) -> Metrics {
+        let n = self.queries.max(1) as f64;
+        Metrics {
+            recall_at_1: self.sum.recall_at_1 / n,
+            recall_at_5: self.sum.recall_at_5 / n,
+            recall_at_10: self.sum.recall_at_10 / n,
+            map_at_r: self.sum.map_at_r / n,
+        }
+    }
+}
 
 /// Queries whose similarities are computed together (one block is `QUERY_BLOCK` × gallery `f32`s).
 pub const QUERY_BLOCK: usize = 256;

@@ -138,3 +138,38 @@ fn bad_inputs_are_errors() {
     assert!(evaluate(&[f32::NAN, 0.0], &[0], &row, &[0], 2).is_err(), "non-finite query");
     assert!(evaluate(&row, &[0], &[0.0, f32::INFINITY], &[0], 2).is_err(), "non-finite gallery item");
 }
+
+// Recall@K and MAP@R of ranked lists.
+
+#[test]
+fn map_at_r_matches_the_papers_example() {
+    // R = 10, relevant at ranks 1, 3, 5 (Musgrave et al., section 3.2 style).
+    let mut ranked = vec![false; 10];
+    ranked[0] = true;
+    ranked[2] = true;
+    ranked[4] = true;
+    let expected = (1.0 + 2.0 / 3.0 + 3.0 / 5.0) / 10.0;
+    assert!((average_precision_at_r(&ranked, 10) - expected).abs() < 1e-12);
+}
+
+#[test]
+fn perfect_and_empty_rankings() {
+    assert_eq!(average_precision_at_r(&[true; 4], 4), 1.0);
+    assert_eq!(average_precision_at_r(&[false; 4], 4), 0.0);
+    assert_eq!(average_precision_at_r(&[true], 4), 0.25, "missing results are misses");
+    assert_eq!(average_precision_at_r(&[], 0), 0.0);
+}
+
+#[test]
+fn recall_looks_only_at_the_first_k() {
+    let ranked = [false, false, true];
+    assert_eq!(recall_at(&ranked, 1), 0.0);
+    assert_eq!(recall_at(&ranked, 3), 1.0);
+    let mut acc = MetricsAccumulator::default();
+    acc.add(&ranked, 1);
+    acc.add(&[true], 1);
+    let m = acc.finish();
+    assert_eq!(m.recall_at_1, 0.5);
+    assert_eq!(m.recall_at_5, 1.0);
+    assert_eq!(m.map_at_r, 0.5);
+}

@@ -34,8 +34,8 @@ use super::miners::mine;
 use super::rng::TrainRng;
 use super::sampler::{PkSampler, PkShape};
 use super::trainer::{TrainError, TrainParams};
-use crate::model::depthwise::{Padding, depthwise_conv2d};
-use crate::model::lite0::TailWeights;
+use crate::network::depthwise::{Padding, depthwise_conv2d};
+use crate::network::lite0::TailWeights;
 
 /// Upper clamp of ReLU6.
 const RELU6_MAX: f64 = 6.0;

@@ -1,7 +1,7 @@
 //! Tests of the trainable tail against the same network written with candle's own convolutions.
 
 use super::*;
-use crate::model::lite0::FoldedWeights;
+use crate::network::lite0::FoldedWeights;
 
 // Input, hidden (expanded) and projected channels, pooled features, embedding: small stand-ins
 // for Lite0's 192, 1152, 320, 1280 and 128.

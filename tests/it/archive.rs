@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use lookalike::ingest::archive::{self, ArchiveError, ArchiveLimits, Format};
+use lookalike::archive::{self, ArchiveError, ArchiveLimits, Format};
 
 const LIMITS: ArchiveLimits = ArchiveLimits { max_entries: 1000, max_unpacked_bytes: 1 << 30 };
 

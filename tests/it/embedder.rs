@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lookalike::embedder::{EmbedError, Embedder, EmbedderSettings};
-use lookalike::model::EmbeddingModel;
+use lookalike::network::EmbeddingModel;
 
 use super::support;
 
@@ -18,7 +18,9 @@ fn inputs(n: usize) -> Vec<Vec<f32>> {
     queries
         .iter()
         .take(n)
-        .map(|(_, png)| lookalike::prepare::prepare(png, 1 << 24, support::TEST_INPUT_SIZE).expect("prepare").input)
+        .map(|(_, png)| {
+            lookalike::network::preprocess::prepare(png, 1 << 24, support::TEST_INPUT_SIZE).expect("prepare").input
+        })
         .collect()
 }
 

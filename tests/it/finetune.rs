@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lookalike::db::Db;
+use lookalike::db::jobs::JobKind;
 use serde_json::{Value, json};
 
 use super::support::{self, Client};
@@ -270,7 +271,9 @@ async fn a_finetune_job_interrupted_by_a_stop_is_resumed() {
     {
         // What a process killed during a finetune job leaves behind.
         let db = Db::open(&settings.database_url()).await.expect("db");
-        db.insert_job("ft-job-1", "finetune", "resume", &json!({"epochs": 2, "promote": "always"})).await.expect("job");
+        db.insert_job("ft-job-1", JobKind::Finetune, "resume", &json!({"epochs": 2, "promote": "always"}))
+            .await
+            .expect("job");
         let job = db.start_next_job().await.expect("start").expect("a queued job");
         assert_eq!((job.status.as_str(), job.attempts), ("running", 1));
         db.pool.close().await;

@@ -2,6 +2,7 @@
 //! stopped is failed with a reason at the next start, and its dataset says so.
 
 use lookalike::db::Db;
+use lookalike::db::jobs::{JobKind, JobStatus};
 use serde_json::json;
 
 use super::support;
@@ -14,9 +15,9 @@ async fn a_job_running_at_a_stop_is_failed_with_a_reason() {
         // What a process killed during an ingest leaves behind.
         let db = Db::open(&settings.database_url()).await.expect("db");
         assert!(db.insert_dataset("half", "ingesting", "lite0-x").await.expect("dataset"));
-        db.insert_job("job-1", "ingest", "half", &json!({"archive": "gone.upload"})).await.expect("job");
+        db.insert_job("job-1", JobKind::Ingest, "half", &json!({"archive": "gone.upload"})).await.expect("job");
         let job = db.start_next_job().await.expect("start").expect("a queued job");
-        assert_eq!(job.status, "running");
+        assert_eq!(job.status, JobStatus::Running);
         db.pool.close().await;
     }
     let (server, client) = support::start(settings).await;

@@ -28,7 +28,7 @@ pub fn weights() -> &'static Path {
         let dir = assets_dir();
         let out = dir.join("efficientnet-lite0.safetensors");
         if !out.exists() {
-            lookalike::model::import::import_weights(&dir.join("efficientnet-lite0-57934424.pth"), &out)
+            lookalike::network::import::import_weights(&dir.join("efficientnet-lite0-57934424.pth"), &out)
                 .expect("import the real weights");
         }
         out

@@ -1,8 +1,9 @@
 //! The model: turns decoded images into L2-normalised embeddings.
 //!
 //! [`EmbeddingModel`] is the one type the rest of the service uses: the
-//! EfficientNet-Lite0 backbone ([`lite0`]) and, later, a trained projection
-//! head. Inputs come from [`preprocess`] (the single decoding path for ingest
+//! EfficientNet-Lite0 backbone ([`lite0`]), whose L2-normalised pooled
+//! features every generation reads (a fine-tuned generation then applies its
+//! own head, `generation::projection`). Inputs come from [`preprocess`] (the single decoding path for ingest
 //! and queries); weights come from [`fetch`] and [`import`] at set-up time.
 //! A loaded model is immutable and `Send + Sync`; `embed` is CPU-heavy and
 //! blocking, so callers run it on a dedicated thread or `spawn_blocking`.
@@ -14,7 +15,6 @@ pub mod import;
 pub mod lite0;
 pub mod nhwc;
 pub mod preprocess;
-pub mod projection;
 mod simd;
 
 use std::path::Path;
@@ -30,12 +30,9 @@ const ID_HASH_CHARS: usize = 12;
 /// Below this norm an embedding is treated as zero and left unscaled.
 const MIN_NORM: f32 = 1e-12;
 
-/// Backbone plus (later) a trained head, with the input size it expects.
+/// The backbone, with the input size it expects and an id that names its weights.
 pub struct EmbeddingModel {
     backbone: Lite0,
-    // A trained projection head goes here: `head: Option<Head>`, applied to
-    // the pooled feature in `embed` before normalisation, with `dim` and `id`
-    // reflecting it.
     input_size: u32,
     device: Device,
     id: String,

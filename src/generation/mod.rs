@@ -1,0 +1,191 @@
+//! A generation: a model and the index built with it, the pair that answers a dataset's
+//! searches, and everything that makes, stores and swaps one.
+//!
+//! A dataset's generation sits behind an `ArcSwap` in its [`DatasetState`]: a request takes one
+//! snapshot and uses it from start to end, and a swap (a new model with the index built with it)
+//! is one `store()` ([`promote`]). Every generation reads the same backbone features (the
+//! embedder's output); a fine-tuned one maps them through its trained head ([`Projection`])
+//! before they touch its index, so a query and the index it searches are always embedded by the
+//! same model. The methods of [`Generation`] take backbone features and project them themselves.
+//!
+//! - [`dataset`]: the catalogue of live items and the dataset's serving state;
+//! - [`store`]: trained models on disk (heads and their descriptions);
+//! - [`build`]: building a generation aside and checking it before it serves;
+//! - [`promote`]: putting a checked generation into service and recording it as active.
+
+pub mod build;
+pub mod dataset;
+pub mod projection;
+pub mod promote;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+pub use build::{build_generation, check_generation};
+pub use dataset::{Catalog, CatalogItem, DatasetState};
+pub use promote::promote;
+
+use crate::generation::projection::Projection;
+use crate::index::{IndexParams, Neighbour, VectorIndex};
+
+/// A model and the index built with it. Immutable but for appends of new
+/// items, which are embedded by this same model.
+pub struct Generation {
+    pub model: ModelHandle,
+    pub index: VectorIndex,
+    /// Highest item `seq` whose vector is in `index`.
+    covered_seq: AtomicU64,
+    /// Set when the index changed since it was last saved.
+    dirty: AtomicBool,
+}
+
+impl Generation {
+    pub fn new(model: ModelHandle, index: VectorIndex, covered_seq: u64) -> Self {
+        Self { model, index, covered_seq: AtomicU64::new(covered_seq), dirty: AtomicBool::new(false) }
+    }
+
+    /// An empty index for `model`, whose embeddings have `model.dim()` values.
+    pub fn empty(model: ModelHandle, backbone_dim: usize, params: IndexParams) -> Self {
+        let dim = model.dim(backbone_dim);
+        Self::new(model, VectorIndex::new(dim, 1024, params), 0)
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.model.id
+    }
+
+    /// Adds new items by their backbone features; `seq`s must be new to this index.
+    pub fn append(&self, items: &[(u64, Vec<f32>)]) {
+        if items.is_empty() {
+            return;
+        }
+        match &self.model.head {
+            Some(head) => {
+                let features: Vec<&[f32]> = items.iter().map(|(_, f)| f.as_slice()).collect();
+                let embedded: Vec<(u64, Vec<f32>)> =
+                    items.iter().map(|(seq, _)| *seq).zip(head.project_many(&features)).collect();
+                self.index.insert_batch(&embedded);
+            }
+            None => self.index.insert_batch(items),
+        }
+        let top = items.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+        self.covered_seq.fetch_max(top, Ordering::SeqCst);
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    pub fn covered_seq(&self) -> u64 {
+        self.covered_seq.load(Ordering::SeqCst)
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::SeqCst)
+    }
+
+    /// Searches for the `k` nearest live items passing the label filter;
+    /// `query` is the query image's backbone feature vector.
+    pub fn search(
+        &self,
+        catalog: &Catalog,
+        query: &[f32],
+        k: usize,
+        label: Option<&str>,
+        exclude: Option<u64>,
+    ) -> Vec<(CatalogItem, f32)> {
+        let live = |seq: u64| catalog.get(seq).is_some_and(|item| label.is_none_or(|l| &*item.label == l));
+        let keep = |seq: u64| Some(seq) != exclude && live(seq);
+        let matching = catalog.matching(label) - usize::from(exclude.is_some_and(live));
+        let query = self.model.project(query);
+        let found: Vec<Neighbour> = self.index.search(&query, k, &keep, matching);
+        let mut seen = std::collections::HashSet::new();
+        found
+            .into_iter()
+            .filter(|n| seen.insert(n.id))
+            .filter_map(|n| catalog.get(n.id).map(|item| (item.clone(), n.distance)))
+            .take(k)
+            .collect()
+    }
+
+    /// Saves the index and what it covers to `dir`, crash-safely: the new
+    /// copy is written aside and renamed over the old one.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let covered = self.covered_seq();
+        self.dirty.store(false, Ordering::SeqCst);
+        let result = crate::storage::replace_dir(dir, |tmp| {
+            self.index.save(&tmp.join("hnsw"))?;
+            let meta = IndexMeta { model_id: self.model.id.clone(), covered_seq: covered };
+            crate::storage::write_atomic(&tmp.join(META_FILE), &serde_json::to_vec(&meta)?, true)?;
+            Ok(())
+        });
+        if result.is_err() {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// Loads the index of `model` saved by `save` in `dir`. The graph keeps the shape it was
+    /// built with; it is searched with the `configured` search params, not the saved ones
+    /// (a changed `ef_search` takes effect at the next start without a rebuild).
+    pub fn load(dir: &Path, model: ModelHandle, configured: &IndexParams) -> anyhow::Result<Self> {
+        let meta: IndexMeta = serde_json::from_slice(&std::fs::read(dir.join(META_FILE))?)
+            .with_context(|| format!("bad {META_FILE} in {}", dir.display()))?;
+        anyhow::ensure!(
+            meta.model_id == model.id,
+            "the index in {} was built with model {}, not {}",
+            dir.display(),
+            meta.model_id,
+            model.id
+        );
+        let index = VectorIndex::load(&dir.join("hnsw"))?.with_search_params(configured);
+        Ok(Self::new(model, index, meta.covered_seq))
+    }
+}
+
+const META_FILE: &str = "meta.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexMeta {
+    model_id: String,
+    covered_seq: u64,
+}
+
+/// A model as a generation uses it: its id, its backbone, and its head if it has one.
+#[derive(Clone)]
+pub struct ModelHandle {
+    pub id: String,
+    pub backbone: String,
+    pub head: Option<Arc<Projection>>,
+}
+
+impl ModelHandle {
+    /// The pretrained backbone on its own.
+    pub fn pretrained(backbone: &str) -> Self {
+        Self { id: backbone.to_owned(), backbone: backbone.to_owned(), head: None }
+    }
+
+    /// The search embedding of one backbone feature vector: projected by the head, or the
+    /// feature itself for the pretrained model.
+    pub fn project(&self, feature: &[f32]) -> Vec<f32> {
+        match &self.head {
+            Some(head) => head.project(feature),
+            None => feature.to_vec(),
+        }
+    }
+
+    /// [`ModelHandle::project`] of many rows, as one matrix product when there is a head.
+    pub fn project_many(&self, features: &[&[f32]]) -> Vec<Vec<f32>> {
+        match &self.head {
+            Some(head) => head.project_many(features),
+            None => features.iter().map(|f| f.to_vec()).collect(),
+        }
+    }
+
+    /// Length of this model's embeddings, given the backbone's.
+    pub fn dim(&self, backbone_dim: usize) -> usize {
+        self.head.as_ref().map_or(backbone_dim, |h| h.out_dim())
+    }
+}

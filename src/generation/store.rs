@@ -1,0 +1,45 @@
+//! Trained models on disk: a fine-tuned model is the shared pretrained backbone plus a trained
+//! head saved under `models/{dataset}/{model_id}/` (`head.safetensors` and `model.json`, written
+//! aside and renamed into place). The `models` table records each one (`db::models`); the index
+//! built with it lives under `indexes/{dataset}/{model_id}/` like the pretrained model's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::ModelHandle;
+use crate::db::models::ModelRecord;
+use crate::generation::projection::Projection;
+use crate::train::EmbeddingHead;
+
+pub const HEAD_FILE: &str = "head.safetensors";
+pub const MODEL_META_FILE: &str = "model.json";
+
+/// The folder of a dataset's trained models.
+pub fn dataset_dir(data_dir: &Path, dataset: &str) -> PathBuf {
+    data_dir.join("models").join(dataset)
+}
+
+/// The folder of one trained model.
+pub fn model_dir(data_dir: &Path, dataset: &str, model_id: &str) -> PathBuf {
+    dataset_dir(data_dir, dataset).join(model_id)
+}
+
+/// Saves a trained head and its description crash-safely.
+pub fn save_head(dir: &Path, head: &EmbeddingHead, meta: &serde_json::Value) -> anyhow::Result<()> {
+    crate::storage::replace_dir(dir, |tmp| {
+        head.save(tmp.join(HEAD_FILE))?;
+        std::fs::File::open(tmp.join(HEAD_FILE))?.sync_all()?;
+        crate::storage::write_atomic(&tmp.join(MODEL_META_FILE), &serde_json::to_vec_pretty(meta)?, true)?;
+        Ok(())
+    })
+}
+
+/// The model a record describes, ready to embed with (its head loaded).
+pub fn load_handle(data_dir: &Path, dataset: &str, record: &ModelRecord) -> anyhow::Result<ModelHandle> {
+    if record.is_pretrained() {
+        return Ok(ModelHandle::pretrained(&record.backbone));
+    }
+    let path = model_dir(data_dir, dataset, &record.id).join(HEAD_FILE);
+    let head = Projection::load(&path)?;
+    Ok(ModelHandle { id: record.id.clone(), backbone: record.backbone.clone(), head: Some(Arc::new(head)) })
+}

@@ -1,0 +1,64 @@
+//! Backbone features of stored items: read from the dataset's [`FeatureCache`] (ingest writes
+//! it), the missing ones embedded from the stored images through the embedder and cached.
+//! Blocking: call from a job's thread (or `spawn_blocking`).
+
+use std::collections::HashSet;
+
+use rayon::prelude::*;
+
+use crate::cancel::CancelFlag;
+use crate::db::items::ItemRecord;
+use crate::error::{ErrorCode, JobFailure};
+use crate::feature_cache::FeatureCache;
+use crate::state::AppState;
+
+/// The feature cache of a dataset for the loaded backbone.
+pub fn feature_cache(state: &AppState, dataset: &str) -> FeatureCache {
+    let model = state.embedder.model();
+    FeatureCache::new(state.data_dir(), dataset, &model.id, model.input_size, model.dim)
+}
+
+/// Backbone features of `records`, in their order: read from the cache, the
+/// missing ones embedded from the stored images (and cached). `progress`
+/// gets (done, total) after each chunk.
+pub fn features_of(
+    state: &AppState,
+    dataset: &str,
+    records: &[ItemRecord],
+    cancel: &CancelFlag,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f32>>, JobFailure> {
+    let cache = feature_cache(state, dataset);
+    let wanted: HashSet<u64> = records.iter().map(|r| r.seq).collect();
+    let mut cached = cache.read(&wanted)?;
+    let missing: Vec<&ItemRecord> = records.iter().filter(|r| !cached.contains_key(&r.seq)).collect();
+    let total = missing.len();
+    if total > 0 {
+        tracing::info!(dataset, items = total, "embedding items the feature cache lacks");
+    }
+    let max_pixels = state.settings.limits.max_image_pixels;
+    let input_size = state.embedder.model().input_size;
+    let mut done = 0;
+    for chunk in missing.chunks(state.settings.jobs.ingest_chunk.max(1)) {
+        cancel.check()?;
+        let inputs: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|record| {
+                let bytes = state.blobs.get(&record.blob)?;
+                crate::network::preprocess::prepare(&bytes, max_pixels, input_size)
+                    .map(|p| p.input)
+                    .map_err(|e| anyhow::anyhow!("stored image of {:?} unreadable: {e}", record.item.item_id))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let vectors = state.embedder.embed_many_blocking(inputs).map_err(anyhow::Error::from)?;
+        let rows: Vec<(u64, Vec<f32>)> = chunk.iter().map(|r| r.seq).zip(vectors).collect();
+        cache.append(&rows)?;
+        cached.extend(rows);
+        done += chunk.len();
+        progress(done, total);
+    }
+    records
+        .iter()
+        .map(|r| cached.remove(&r.seq).ok_or_else(|| JobFailure::failed(ErrorCode::Internal, "a feature went missing")))
+        .collect()
+}
