@@ -20,9 +20,9 @@ use crate::db::datasets::{STATUS_FAILED, STATUS_INGESTING};
 use crate::embedder::{Embedder, EmbedderSettings};
 use crate::generation::{DatasetState, Generation, ModelHandle};
 use crate::jobs::JobQueue;
-use crate::metrics::Metrics;
 use crate::model::EmbeddingModel;
 use crate::storage::BlobStore;
+use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

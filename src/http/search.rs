@@ -17,9 +17,9 @@ use super::extract::{AppPath, AppQuery, parse_k, read_field, read_text};
 use super::items::serving;
 use crate::app::AppState;
 use crate::embedder::{Arrival, EmbedError, EmbedTiming};
-use crate::metrics::SearchTiming;
 use crate::model::preprocess::DecodeError;
 use crate::prepare::{Prepared, prepare};
+use crate::telemetry::SearchTiming;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchParams {

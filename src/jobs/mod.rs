@@ -168,6 +168,7 @@ pub async fn run_scheduler(state: AppState) {
 }
 
 async fn run_one(state: &AppState, job: Job) {
+    let started = Instant::now();
     let cancel = state.jobs.register(&job);
     tracing::info!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job started");
     let runner = state.clone();
@@ -181,6 +182,12 @@ async fn run_one(state: &AppState, job: Job) {
     .await
     .unwrap_or_else(|panic| Err(JobFailure::failed("internal", format!("job panicked: {panic}"))));
     state.jobs.unregister(&job.id);
+    let status = match &outcome {
+        Ok(_) => SUCCEEDED,
+        Err(JobFailure::Canceled) => CANCELED,
+        Err(JobFailure::Failed { .. }) => FAILED,
+    };
+    state.metrics.observe_job(&job.kind, status, started.elapsed());
     let recorded = match &outcome {
         Ok(result) => state.db.finish_job(&job.id, SUCCEEDED, Some(result), None).await,
         Err(JobFailure::Canceled) => state.db.finish_job(&job.id, CANCELED, None, None).await,
