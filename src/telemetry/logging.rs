@@ -1,10 +1,12 @@
-//! The log subscriber: lines on stderr, as text for a person or as JSON
-//! (one object per line) for a log pipeline (`[log] format`).
+//! The log subscriber: lines on stderr, as text for a person (coloured on a
+//! terminal) or as JSON (one object per line) for a log pipeline (`[log] format`).
 //!
 //! `RUST_LOG` chooses what is logged (default [`DEFAULT_FILTER`]). A line
 //! logged while a request is handled carries the request's span (its
 //! `request_id`, method and route): in text as a `request{...}:` prefix, in
 //! JSON as the `span` object.
+
+use std::io::IsTerminal;
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
@@ -28,7 +30,10 @@ pub enum LogFormat {
 /// already (tests that start several servers).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),

@@ -30,7 +30,7 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     metrics.observe_request(&method, &route, status, elapsed);
-    span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "answered"));
+    span.in_scope(|| tracing::info!(status, latency_ms = elapsed.as_micros() as f64 / 1000.0, "answered"));
     response
 }
 
