@@ -49,10 +49,10 @@ def main(raw):
                     answers.append((int(rec[6]), float(rec[0]) * 1000))
         before = metrics(os.path.join(raw, f"{name}.before.prom"))
         after = metrics(os.path.join(raw, f"{name}.after.prom"))
-        searches = delta(before, after, "lookalike_search_duration_ms_count")
+        searches = delta(before, after, "lookalike_search_duration_seconds_count")
         stage = {
-            s: delta(before, after, f'lookalike_search_stage_microseconds_total{{stage="{s}"}}')
-            / 1000
+            s: delta(before, after, f'lookalike_search_stage_seconds_total{{stage="{s}"}}')
+            * 1000
             / max(searches, 1)
             for s in STAGES
         }

@@ -33,6 +33,13 @@ pub struct Settings {
     /// Defaults of a finetune job's params.
     pub finetune: crate::train::params::FinetuneParams,
     pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// `text` for a person reading a terminal, `json` (one object per line) for a log pipeline.
+    pub format: crate::telemetry::LogFormat,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,7 +190,17 @@ mod tests {
         let settings: Settings = figment.extract().expect("defaults parse");
         assert_eq!(settings.server.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.limits.max_k, 1000);
+        assert_eq!(settings.log.format, crate::telemetry::LogFormat::Text);
         settings.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn json_logs_are_a_setting() {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[log]\nformat = \"json\""));
+        let settings: Settings = figment.extract().expect("settings parse");
+        assert_eq!(settings.log.format, crate::telemetry::LogFormat::Json);
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[log]\nformat = \"xml\""));
+        assert!(figment.extract::<Settings>().is_err(), "an unknown format is refused");
     }
 
     #[test]

@@ -19,9 +19,9 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::embedder::{Embedder, EmbedderSettings};
 use crate::generation::{DatasetState, Generation, ModelHandle};
-use crate::metrics::Metrics;
 use crate::network::EmbeddingModel;
 use crate::storage::BlobStore;
+use crate::telemetry::Metrics;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

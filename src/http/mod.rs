@@ -1,7 +1,7 @@
 //! The HTTP API of `API.md`: one module per resource, thin handlers.
 //!
-//! `router` wires the routes, the body limits, API-key checks, request
-//! metrics and tracing around one shared `AppState`.
+//! `router` wires the routes, the body limits, API-key checks, request ids,
+//! request metrics and logs around one shared `AppState`.
 
 pub mod auth;
 pub mod datasets;
@@ -14,16 +14,19 @@ pub mod ops;
 pub mod search;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::body::{Body, HttpBody};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use std::sync::Arc;
 
 use crate::generation::DatasetState;
 use crate::state::AppState;
+use crate::telemetry;
 use error::{AppError, AppResult, ErrorCode};
 
 /// Room for the non-file fields of a multipart body beside its image.
@@ -63,8 +66,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(image_limit)
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
-        .layer(middleware::from_fn_with_state(state.clone(), count_status))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(error_request_id))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), telemetry::requests::observe))
+        // The last layer is the outermost: a request gets its id (a UUID, or
+        // the `x-request-id` it came with) first, and its response carries it.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
@@ -76,10 +83,42 @@ async fn method_not_allowed() -> AppError {
     AppError::new(ErrorCode::MethodNotAllowed, "this endpoint does not take that method")
 }
 
-async fn count_status(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Largest error body [`error_request_id`] rewrites; error bodies are a few hundred bytes.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
+/// Adds the request's id to a JSON error body, making it
+/// `{"error": {"code", "message", "request_id"}}`: a client reporting a
+/// failure can quote the id, which names the server's log lines of it.
+async fn error_request_id(request: Request, next: Next) -> Response {
+    let request_id = telemetry::requests::request_id(&request);
     let response = next.run(request).await;
-    state.metrics.observe_status(response.status().as_u16());
-    response
+    let status = response.status();
+    let small = response.body().size_hint().upper().is_some_and(|n| n <= MAX_ERROR_BODY);
+    if !(status.is_client_error() || status.is_server_error()) || !is_json(response.headers()) || !small {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_ERROR_BODY as usize).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read an error body");
+            return Response::from_parts(parts, Body::empty());
+        }
+    };
+    let mut json = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(json) => json,
+        Err(_) => return Response::from_parts(parts, Body::from(bytes)),
+    };
+    let Some(error) = json.get_mut("error").and_then(serde_json::Value::as_object_mut) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    error.insert("request_id".into(), request_id.into());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(json.to_string()))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"))
 }
 
 /// `API.md`: 1 to 64 characters of `[A-Za-z0-9_-]`.

@@ -16,10 +16,10 @@ use super::error::{AppError, AppResult, ErrorCode};
 use super::extract::{AppPath, AppQuery, parse_k, read_field, read_text};
 use super::serving;
 use crate::embedder::{Arrival, EmbedError, EmbedTiming};
-use crate::metrics::SearchTiming;
 use crate::network::preprocess::DecodeError;
 use crate::network::preprocess::{Prepared, prepare};
 use crate::state::AppState;
+use crate::telemetry::SearchTiming;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct SearchParams {

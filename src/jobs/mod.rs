@@ -78,6 +78,7 @@ pub async fn run_scheduler(state: AppState) {
 }
 
 async fn run_one(state: &AppState, job: Job) {
+    let started = Instant::now();
     let cancel = state.jobs.register(&job.id, &job.dataset);
     tracing::info!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job started");
     let runner = state.clone();
@@ -90,6 +91,12 @@ async fn run_one(state: &AppState, job: Job) {
     .await
     .unwrap_or_else(|panic| Err(JobFailure::failed(ErrorCode::Internal, format!("job panicked: {panic}"))));
     state.jobs.unregister(&job.id);
+    let status = match &outcome {
+        Ok(_) => JobStatus::Succeeded,
+        Err(JobFailure::Canceled) => JobStatus::Canceled,
+        Err(JobFailure::Failed { .. }) => JobStatus::Failed,
+    };
+    state.metrics.observe_job(job.kind.as_str(), status.as_str(), started.elapsed());
     let recorded = match &outcome {
         Ok(result) => state.db.finish_job(&job.id, JobStatus::Succeeded, Some(result), None).await,
         Err(JobFailure::Canceled) => state.db.finish_job(&job.id, JobStatus::Canceled, None, None).await,

@@ -7,4 +7,5 @@ mod fashion_e2e;
 mod finetune;
 mod items;
 mod jobs;
+mod metrics;
 mod support;
