@@ -169,13 +169,18 @@ fn by_folders(files: &[String], manifest: &mut Manifest) {
     }
 }
 
-/// Layout 2: a root `labels.csv` with header `file,label[,item_id]`.
+/// Layout 2: a root `labels.csv` with header `file,label[,item_id]`, read as
+/// RFC 4180 CSV (a field may be quoted to hold a comma or a quote); fields are
+/// trimmed and blank lines ignored.
 fn by_labels_csv(csv: &str, files: &[String], manifest: &mut Manifest) -> Result<(), ArchiveError> {
-    let mut lines = csv.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let header: Vec<&str> = match lines.next() {
-        Some((_, line)) => line.trim_start_matches('\u{feff}').split(',').map(str::trim).collect(),
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(csv.as_bytes());
+    let mut rows = reader.records().filter(|row| !matches!(row, Ok(fields) if fields.iter().all(str::is_empty)));
+    let header_row = match rows.next() {
+        Some(row) => row.map_err(bad_csv)?,
         None => return Err(ArchiveError::BadLabels("empty file".into())),
     };
+    let header: Vec<&str> = header_row.iter().map(|f| f.trim_start_matches('\u{feff}')).collect();
     let with_ids = match header.as_slice() {
         ["file", "label"] => false,
         ["file", "label", "item_id"] => true,
@@ -186,19 +191,24 @@ fn by_labels_csv(csv: &str, files: &[String], manifest: &mut Manifest) -> Result
     let present: HashSet<&str> = files.iter().map(String::as_str).collect();
     let mut seen = HashSet::new();
     let mut listed = HashSet::new();
-    for (number, line) in lines {
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let (file, label, item_id) = match (fields.as_slice(), with_ids) {
-            ([file, label], false) => (*file, *label, None),
-            ([file, label, id], true) => (*file, *label, Some(*id)),
+    for row in rows {
+        let row = row.map_err(bad_csv)?;
+        let line = row.position().map_or(0, csv::Position::line);
+        let (file, label, item_id) = match (row.len(), with_ids) {
+            (2, false) => (&row[0], &row[1], None),
+            (3, true) => (&row[0], &row[1], Some(&row[2])),
             _ => {
-                return Err(ArchiveError::BadLabels(format!("line {}: expected {} fields", number + 1, header.len())));
+                return Err(ArchiveError::BadLabels(format!(
+                    "line {line}: expected {} fields, found {}",
+                    header.len(),
+                    row.len()
+                )));
             }
         };
         let file = file.trim_start_matches("./");
         listed.insert(file.to_owned());
         if !present.contains(file) {
-            manifest.skip(file, format!("listed on line {} of labels.csv but not in the archive", number + 1));
+            manifest.skip(file, format!("listed on line {line} of labels.csv but not in the archive"));
             continue;
         }
         let Some(stem) = image_stem(file) else {
@@ -212,6 +222,11 @@ fn by_labels_csv(csv: &str, files: &[String], manifest: &mut Manifest) -> Result
         manifest.skip(path, "not listed in labels.csv");
     }
     Ok(())
+}
+
+/// A row the CSV reader could not read (its message names the line).
+fn bad_csv(err: csv::Error) -> ArchiveError {
+    ArchiveError::BadLabels(err.to_string())
 }
 
 fn push_entry(manifest: &mut Manifest, seen: &mut HashSet<String>, path: &str, item_id: String, label: String) {

@@ -1,4 +1,6 @@
-//! The HTTP client behind `ingest`, `search` and `eval`.
+//! The HTTP client behind the server commands (`ingest`, `search`, `eval`, `finetune`,
+//! `models`, `activate`). An `https://` server is reached through rustls, trusting the
+//! system's roots and any `--ca-cert`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,7 +33,11 @@ pub struct Client {
 impl Client {
     pub fn new(settings: &Settings, args: &ServerArgs) -> anyhow::Result<Self> {
         let base = args.server.clone().unwrap_or_else(|| format!("http://{}", settings.server.addr));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(3600)).build()?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(3600));
+        if let Some(path) = &args.ca_cert {
+            http = http.tls_certs_merge(read_ca_certs(path)?);
+        }
+        let http = http.build()?;
         Ok(Self { http, base: base.trim_end_matches('/').to_owned(), api_key: args.api_key.clone() })
     }
 
@@ -302,6 +308,15 @@ impl Client {
 
 /// One eval query's label, its number of relevant items, ranked relevance and latency (ms).
 type QueryOutcome = (String, usize, Vec<bool>, f64);
+
+/// The certificates of a PEM file given as `--ca-cert`.
+fn read_ca_certs(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no PEM certificate", path.display());
+    Ok(certs)
+}
 
 /// Labelled query images from `<label>/<file>` folders or a catalogue archive.
 fn load_queries(source: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {

@@ -24,12 +24,16 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Base URL of a running server (default: http://<server.addr> from the settings).
-    #[arg(long)]
+    /// Base URL of a running server, `http://` or `https://` (default: http://<server.addr> from the settings).
+    #[arg(long, env = "LOOKALIKE_SERVER")]
     server: Option<String>,
     /// API key sent as `Authorization: Bearer`.
     #[arg(long, env = "LOOKALIKE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// PEM file of a CA certificate (or several) to trust besides the system's, for an
+    /// `https://` server whose certificate is self-signed or from a private CA.
+    #[arg(long, env = "LOOKALIKE_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -77,6 +77,26 @@ fn labels_csv_layout_with_and_without_ids() {
 }
 
 #[test]
+fn labels_csv_quoted_fields_and_bad_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.zip");
+    // A BOM, CRLF ends, quoted fields holding commas and quotes, a blank line, padded fields.
+    let csv = "\u{feff}file,label,item_id\r\n\"img/a,b.png\",\"coats, long\",\"id \"\"1\"\"\"\r\n\r\n img/2.png , shirt ,\r\n";
+    write_zip(&path, &[("labels.csv", csv.as_bytes()), ("img/a,b.png", b"1"), ("img/2.png", b"2")]);
+    let manifest = archive::scan(&path, LIMITS).expect("scan");
+    let entries: Vec<(&str, &str, &str)> =
+        manifest.entries.iter().map(|e| (e.path.as_str(), e.item_id.as_str(), e.label.as_str())).collect();
+    assert_eq!(entries, [("img/a,b.png", "id \"1\"", "coats, long"), ("img/2.png", "img/2", "shirt")]);
+    assert_eq!(manifest.skipped_count, 0);
+
+    write_zip(&path, &[("labels.csv", b"file,label\n\na.png,x\nb.png\n"), ("a.png", b"1"), ("b.png", b"2")]);
+    match archive::scan(&path, LIMITS) {
+        Err(ArchiveError::BadLabels(message)) => assert!(message.contains("line 4"), "{message}"),
+        other => panic!("a short row is refused, naming its line: {other:?}"),
+    }
+}
+
+#[test]
 fn refuses_unsafe_and_oversized_archives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.zip");

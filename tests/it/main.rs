@@ -2,6 +2,7 @@
 
 mod archive;
 mod bad_input;
+mod cli_https;
 mod embedder;
 mod fashion_e2e;
 mod finetune;
