@@ -2,7 +2,6 @@
 //! forward passes and get exactly what they would get alone; a full queue
 //! refuses at once.
 
-
 use lookalike::embedder::{EmbedError, Embedder, EmbedderSettings};
 use lookalike::network::EmbeddingModel;
 
