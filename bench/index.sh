@@ -20,7 +20,9 @@
 # answers queries on one thread), BENCH_DATA (/var/tmp/lookalike-bench/index), BENCH_VENV
 # (/var/tmp/lookalike-bench-venv, created with faiss-cpu, hnswlib and numpy from pip when
 # missing), FEATURES_DIR (/var/tmp/lookalike-experiment), ENGINES ("native hnsw_rs
-# hnswlib faiss": which engines to run). Raw lines go to bench/out/index.jsonl.
+# hnswlib faiss": which engines to run), BENCH_PROFILE (release; "dev" reuses the test build,
+# optimised too, when a release build costs more than the run). Raw lines go to
+# bench/out/index.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tiny=false
@@ -40,7 +42,7 @@ fi
 py="$venv/bin/python"
 # --tiny only checks that everything still runs: the dev profile (optimised too, see
 # Cargo.toml) is what the test suite has already built.
-if $tiny; then
+if $tiny || [[ "${BENCH_PROFILE:-release}" == dev ]]; then
     cargo build --quiet --example index_bench
     bench_bin="$CARGO_TARGET_DIR/debug/examples/index_bench"
 else
