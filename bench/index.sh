@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# lookalike's index (VectorIndex, its own HNSW graph) against hnswlib and faiss-cpu HNSW on the
-# same vectors, queries and exact ground truth: recall@10 and queries/s per ef, build time,
-# index and peak memory, with ratios against hnswlib from this same run.
+# lookalike's index (VectorIndex) with each of its engines (`lookalike`: its own HNSW graph, the
+# default; `hnsw_rs`: the hnsw_rs crate's) against hnswlib and faiss-cpu HNSW on the same
+# vectors, queries and exact ground truth: recall@10 and queries/s per ef, build time, index
+# and peak memory, with ratios against hnswlib from this same run.
 #
 #   bash bench/index.sh [--tiny]
 #
@@ -18,7 +19,9 @@
 # ("10 20 40 80 160 320"), BUILD_THREADS (all cores; every engine builds with this many, and
 # answers queries on one thread), BENCH_DATA (/var/tmp/lookalike-bench/index), BENCH_VENV
 # (/var/tmp/lookalike-bench-venv, created with faiss-cpu, hnswlib and numpy from pip when
-# missing), FEATURES_DIR (/var/tmp/lookalike-experiment). Raw lines go to
+# missing), FEATURES_DIR (/var/tmp/lookalike-experiment), ENGINES ("native hnsw_rs
+# hnswlib faiss": which engines to run), BENCH_PROFILE (release; "dev" reuses the test build,
+# optimised too, when a release build costs more than the run). Raw lines go to
 # bench/out/index.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +42,7 @@ fi
 py="$venv/bin/python"
 # --tiny only checks that everything still runs: the dev profile (optimised too, see
 # Cargo.toml) is what the test suite has already built.
-if $tiny; then
+if $tiny || [[ "${BENCH_PROFILE:-release}" == dev ]]; then
     cargo build --quiet --example index_bench
     bench_bin="$CARGO_TARGET_DIR/debug/examples/index_bench"
 else
@@ -86,11 +89,12 @@ for dataset in "${datasets[@]}"; do
     # One process per engine, so that each peak memory figure is that engine's alone.
     # shellcheck disable=SC2086 # $efs is a list of numbers
     {
-        echo "-- $dataset: lookalike, from $(date +%T)" >&2
-        "$bench_bin" "$data/$dataset" "$threads" $efs
-        for peer in hnswlib faiss; do
-            echo "-- $dataset: $peer, from $(date +%T)" >&2
-            "$py" bench/index/peers.py "$peer" "$data/$dataset" "$threads" $efs
+        for engine in ${ENGINES:-native hnsw_rs hnswlib faiss}; do
+            echo "-- $dataset: $engine, from $(date +%T)" >&2
+            case "$engine" in
+                native | hnsw_rs) "$bench_bin" --engine "$engine" "$data/$dataset" "$threads" $efs ;;
+                *) "$py" bench/index/peers.py "$engine" "$data/$dataset" "$threads" $efs ;;
+            esac
         done
     } | tee -a "$results" >&2
 done

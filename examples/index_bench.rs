@@ -1,8 +1,11 @@
-//! Build time, queries/s, recall@10 and peak memory of lookalike's [`VectorIndex`] on one
-//! prepared dataset, as JSON lines; `bench/index.sh` runs it beside faiss and hnswlib
-//! (`bench/index/peers.py`) on the same files and prints the combined table.
+//! Build time, queries/s, recall@10 and peak memory of lookalike's [`VectorIndex`] with one
+//! engine on one prepared dataset, as JSON lines; `bench/index.sh` runs it for each engine
+//! beside faiss and hnswlib (`bench/index/peers.py`) on the same files and prints the
+//! combined table.
 //!
-//! Usage: `cargo run --release --example index_bench -- DATA_DIR BUILD_THREADS EF...`
+//! Usage: `cargo run --release --example index_bench -- [--engine native|hnsw_rs] DATA_DIR
+//! BUILD_THREADS EF...` (`native` unless given). Rows are labelled `lookalike` for the
+//! native engine and `hnsw_rs` for the hnsw_rs one, both behind `VectorIndex`.
 //!
 //! `DATA_DIR` is written by `bench/index/data.py`: `base.f32` and `queries.f32` in the feature
 //! cache format (`LKFEAT01`, rows, dim as u64 little-endian, then the rows as little-endian
@@ -30,7 +33,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use lookalike::index::{IndexParams, VectorIndex};
+use lookalike::index::{IndexEngine, IndexParams, VectorIndex};
 use serde_json::json;
 
 /// Neighbours scored per query: recall@10.
@@ -41,9 +44,18 @@ const TRUTH_MAGIC: &[u8; 8] = b"LKKNN001";
 const WARM_UP_QUERIES: usize = 100;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut engine = IndexEngine::Native;
+    if args.first().is_some_and(|a| a == "--engine") {
+        let name = args.get(1).context("--engine needs a name")?;
+        engine = IndexEngine::ALL
+            .into_iter()
+            .find(|e| e.name() == name)
+            .with_context(|| format!("unknown engine {name:?}: native or hnsw_rs"))?;
+        args.drain(..2);
+    }
     let [data_dir, threads, efs @ ..] = args.as_slice() else {
-        bail!("usage: index_bench DATA_DIR BUILD_THREADS EF...");
+        bail!("usage: index_bench [--engine native|hnsw_rs] DATA_DIR BUILD_THREADS EF...");
     };
     let data_dir = Path::new(data_dir);
     let build_threads: usize = threads.parse().context("BUILD_THREADS must be a count")?;
@@ -57,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     ensure!(truth.len() == queries.len() && truth_k >= K, "truth.knn does not match queries.f32");
     let items: Vec<(u64, Vec<f32>)> = base.into_iter().enumerate().map(|(row, v)| (row as u64, v)).collect();
     let stored = items.len();
-    let params = IndexParams { ef_search: K, ..IndexParams::default() };
+    let params = IndexParams { engine, ef_search: K, ..IndexParams::default() };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(build_threads).build()?;
     let run = Run { data_dir, dim, stored, build_threads, params: &params, queries: &queries, truth: &truth };
 
@@ -68,7 +80,11 @@ fn main() -> anyhow::Result<()> {
     pool.install(|| index.insert_batch(&items));
     let build = Build { seconds: started.elapsed().as_secs_f64(), rss_before_kb };
     let accept_all = |_: u64| true;
-    run.report("lookalike", &build, &efs, |query, ef| {
+    let label = match engine {
+        IndexEngine::Native => "lookalike",
+        IndexEngine::HnswRs => "hnsw_rs",
+    };
+    run.report(label, &build, &efs, |query, ef| {
         index.search(query, ef, &accept_all, stored).iter().take(K).map(|n| n.id).collect()
     })
 }

@@ -140,7 +140,7 @@ impl Generation {
             meta.model_id,
             model.id
         );
-        let index = VectorIndex::load(&dir.join("hnsw"))?.with_search_params(configured);
+        let index = VectorIndex::load(&dir.join("hnsw"), configured)?;
         Ok(Self::new(model, index, meta.covered_seq))
     }
 }

@@ -34,9 +34,6 @@ const NO_ENTRY: u64 = u64::MAX;
 /// more than linking a handful of nodes).
 const PARALLEL_BATCH: usize = 64;
 
-/// Cache lines of the next vector to prefetch while the current one is compared.
-const PREFETCH_LINES: usize = 8;
-
 pub(crate) struct Graph {
     /// Links per upper-layer list (M); layer 0 keeps `2M`.
     m: usize,
@@ -77,6 +74,15 @@ impl Graph {
 
     pub(crate) fn len(&self) -> usize {
         self.read().len()
+    }
+
+    /// Calls `visit` with every stored point's caller id and vector, in insertion order
+    /// (exact scans); inserts wait until it returns.
+    pub(crate) fn for_each_point(&self, mut visit: impl FnMut(u64, &[f32])) {
+        let nodes = self.read();
+        for (&id, vector) in nodes.ids.iter().zip(nodes.vectors.chunks_exact(nodes.dim)) {
+            visit(id, vector);
+        }
     }
 
     /// The top node and its level, `None` while the graph is empty.
@@ -301,11 +307,11 @@ impl Graph {
                 }
             });
             if let Some(&first) = fresh.first() {
-                prefetch(nodes.vector(first));
+                nodes.prefetch_vector(first);
             }
             for (at, &n) in fresh.iter().enumerate() {
                 if let Some(&next) = fresh.get(at + 1) {
-                    prefetch(nodes.vector(next));
+                    nodes.prefetch_vector(next);
                 }
                 let candidate = Candidate { distance: self.distance(query, nodes.vector(n)), node: n };
                 let promising = results.len() < ef || results.peek().is_none_or(|worst| candidate < *worst);
@@ -369,27 +375,4 @@ fn splitmix64(seed: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// Asks the CPU to start loading `vector` into cache: the next comparison then finds it there.
-#[inline(always)]
-fn prefetch(vector: &[f32]) {
-    prefetch_lines(vector, PREFETCH_LINES);
-}
-
-/// Prefetches the first `lines` cache lines of `data` (fewer if it is shorter).
-#[inline(always)]
-pub(super) fn prefetch_lines<T>(data: &[T], lines: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let bytes = std::mem::size_of_val(data);
-        let base = data.as_ptr().cast::<i8>();
-        for line in 0..lines.min(bytes.div_ceil(64)) {
-            // SAFETY: a prefetch never faults and reads nothing; the address lies inside `data`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(line * 64)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, lines);
 }

@@ -5,33 +5,43 @@
 //! exact scan where the graph cannot promise a full answer, and crash-safe save/load of the
 //! graph itself (see [`persist`](self) for the on-disk layout).
 //!
+//! Two engines hold the graph, chosen by [`IndexParams::engine`] (`index.engine` in the
+//! configuration); everything else here (filters, exact scans, thresholds, save/load
+//! atomicity) is shared, and both pass the same contract tests (`tests/index.rs`):
+//! - `native` (the default): lookalike's own graph (`graph`, `nodes`, `scratch`,
+//!   `graph_file`);
+//! - `hnsw_rs`: the `hnsw_rs` crate's graph (`hnsw_rs_graph`), which the service was first
+//!   specified on.
+//!
+//! A saved index records its engine; loading it under another engine is an error, and the
+//! callers then rebuild from the feature cache as for any unreadable index.
+//!
 //! Concurrency: a `VectorIndex` is `Send + Sync` and every method takes `&self`. Any number
 //! of threads may search while another inserts; batches are linked one at a time, and `save`
 //! waits for a running batch and holds off the next while it writes, so a snapshot is never
 //! half a batch. Inserts and builds are CPU-bound: call them from a dedicated thread or
 //! `spawn_blocking`, never on the runtime.
 //!
-//! Why lookalike has its own graph (`graph`, `nodes`, `scratch`, `distance`) instead of the
-//! `hnsw_rs` crate it started with: `bench/index.sh` measured hnsw_rs behind this same API at
-//! 0.35× hnswlib's queries/s at recall@10 ≥ 0.95 and 2.4× its build time on Fashion-MNIST
-//! (60,000 × 1280), and 0.06× and 6.5× on 200,000 synthetic 128-d vectors
-//! (`docs/BENCHMARKS.md`). The time went to its search loop (a hashed visited set, a lock and
-//! a reference count per point, allocations per query) and to distances compiled for baseline
-//! x86-64. The graph here follows the paper and hnswlib's layout: vectors in one contiguous
-//! array, neighbour lists as fixed-capacity `u32` arrays with a mutex per node, an
-//! epoch-stamped visited array and heaps reused per thread (a query allocates only its
-//! answer), and a dot product that picks AVX-512 or AVX2 at run time.
+//! Why lookalike has its own graph instead of only `hnsw_rs`: `bench/index.sh` measured
+//! hnsw_rs behind this same API at 0.35× hnswlib's queries/s at recall@10 ≥ 0.95 and 2.4×
+//! its build time on Fashion-MNIST (60,000 × 1280), and 0.06× and 6.5× on 200,000 synthetic
+//! 128-d vectors (`docs/BENCHMARKS.md`). The time went to its search loop (a hashed visited
+//! set, a lock and a reference count per point, allocations per query) and to distances
+//! compiled for baseline x86-64. The native graph follows the paper and hnswlib's layout:
+//! vectors in one contiguous array, neighbour lists as fixed-capacity `u32` arrays with a
+//! mutex per node, an epoch-stamped visited array and heaps reused per thread (a query
+//! allocates only its answer), and a dot product that picks AVX-512 or AVX2 at run time.
 //!
-//! Exact scans read the same contiguous vectors the graph searches: one dot product per
-//! stored point that passes the filter, no second copy.
+//! Exact scans read the vectors the engine stores (no second copy): one dot product per
+//! stored point that passes the filter.
 
 mod distance;
 mod graph;
+mod graph_file;
+mod hnsw_rs_graph;
 mod nodes;
 mod persist;
 mod scratch;
-#[cfg(test)]
-mod tests_against_brute_force;
 
 use std::cmp::Ordering;
 use std::path::Path;
@@ -41,11 +51,12 @@ use serde::{Deserialize, Serialize};
 
 pub use distance::unit_cosine_distance;
 use graph::Graph;
+use hnsw_rs_graph::HnswRsGraph;
 
 /// When a filter lets through at most this many times `ef` stored points, an exact scan
 /// (one dot product per matching point) costs about what a graph search does, and the
 /// graph search would have to wander far to find that many matches: answer exactly.
-const EXACT_MATCHING_PER_EF: usize = 8;
+pub const EXACT_MATCHING_PER_EF: usize = 8;
 
 /// The largest `max_nb_connection` accepted (lists are fixed arrays of `2M` slots per node).
 const MAX_CONNECTIONS: usize = 256;
@@ -54,6 +65,9 @@ const MAX_CONNECTIONS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IndexParams {
+    /// Which HNSW implementation holds the graph. Fixed when an index is built: an index
+    /// saved by another engine is rebuilt at load.
+    pub engine: IndexEngine,
     /// Links kept per node and layer (HNSW's M; the bottom layer keeps twice as many). More
     /// links: better recall and more memory and build time. At most 256.
     pub max_nb_connection: usize,
@@ -69,7 +83,42 @@ pub struct IndexParams {
 
 impl Default for IndexParams {
     fn default() -> Self {
-        IndexParams { max_nb_connection: 16, ef_construction: 200, ef_search: 64, exact_below: 2_000 }
+        IndexParams {
+            engine: IndexEngine::Native,
+            max_nb_connection: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            exact_below: 2_000,
+        }
+    }
+}
+
+/// The HNSW implementation behind a [`VectorIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexEngine {
+    /// lookalike's own graph: the fastest to build and search (`bench/index.sh`).
+    #[default]
+    Native,
+    /// The `hnsw_rs` crate's graph.
+    HnswRs,
+}
+
+impl IndexEngine {
+    pub const ALL: [IndexEngine; 2] = [IndexEngine::Native, IndexEngine::HnswRs];
+
+    /// The name the configuration and saved indexes use.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexEngine::Native => "native",
+            IndexEngine::HnswRs => "hnsw_rs",
+        }
+    }
+}
+
+impl std::fmt::Display for IndexEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -89,7 +138,7 @@ fn by_distance_then_id(a: &Neighbour, b: &Neighbour) -> Ordering {
 pub struct VectorIndex {
     dim: usize,
     params: IndexParams,
-    graph: Graph,
+    engine: Engine,
     /// Held by a batch for its whole insert and by `save` while it writes: batches never
     /// overlap, and a dump never sees half a batch.
     write_gate: Mutex<()>,
@@ -104,12 +153,17 @@ impl VectorIndex {
     pub fn new(dim: usize, capacity_hint: usize, params: IndexParams) -> Self {
         assert!(dim > 0, "an index needs a positive dimension");
         assert!((1..=MAX_CONNECTIONS).contains(&params.max_nb_connection), "max_nb_connection must be in 1..=256");
-        let graph = Graph::new(dim, params.max_nb_connection, params.ef_construction, capacity_hint);
-        VectorIndex::from_parts(dim, params, graph)
+        let (m, ef_construction) = (params.max_nb_connection, params.ef_construction);
+        let engine = match params.engine {
+            IndexEngine::Native => Engine::Native(Graph::new(dim, m, ef_construction, capacity_hint)),
+            IndexEngine::HnswRs => Engine::HnswRs(HnswRsGraph::new(m, ef_construction, capacity_hint)),
+        };
+        VectorIndex::from_parts(dim, params, engine)
     }
 
-    fn from_parts(dim: usize, params: IndexParams, graph: Graph) -> Self {
-        VectorIndex { dim, params, graph, write_gate: Mutex::new(()) }
+    fn from_parts(dim: usize, params: IndexParams, engine: Engine) -> Self {
+        debug_assert_eq!(params.engine, engine.kind());
+        VectorIndex { dim, params, engine, write_gate: Mutex::new(()) }
     }
 
     /// Inserts a batch, linked in parallel on the current rayon pool. Ids are the caller's
@@ -126,7 +180,10 @@ impl VectorIndex {
             return;
         }
         let _batch = self.write_gate.lock().unwrap_or_else(|e| e.into_inner());
-        self.graph.insert_batch(items);
+        match &self.engine {
+            Engine::Native(graph) => graph.insert_batch(items),
+            Engine::HnswRs(graph) => graph.insert_batch(items),
+        }
     }
 
     /// The `min(k, matching)` stored points nearest to `query` among those whose id passes
@@ -158,34 +215,37 @@ impl VectorIndex {
             // Every stored id should pass: search without calling the filter on every node
             // walked, then filter the answer. A caller whose count is off still gets a correct
             // answer from the filtered search below.
-            let mut found = self.graph.search(query, k, ef, None);
-            found.retain(|n| filter(n.id));
-            if found.len() >= wanted {
-                found.sort_by(by_distance_then_id);
-                found.truncate(wanted);
-                return found;
+            if let Some(mut found) = self.engine.search(query, k, ef, None) {
+                found.retain(|n| filter(n.id));
+                if found.len() >= wanted {
+                    found.sort_by(by_distance_then_id);
+                    found.truncate(wanted);
+                    return found;
+                }
             }
         }
-        let mut found = self.graph.search(query, k, ef, Some(filter));
-        if found.len() < wanted {
-            return self.exact_search(query, wanted, filter);
+        match self.engine.search(query, k, ef, Some(filter)) {
+            Some(mut found) if found.len() >= wanted => {
+                found.sort_by(by_distance_then_id);
+                found.truncate(wanted);
+                found
+            }
+            _ => self.exact_search(query, wanted, filter),
         }
-        found.sort_by(by_distance_then_id);
-        found.truncate(wanted);
-        found
     }
 
     /// The `wanted` nearest points passing `filter`, by scanning every stored vector.
     fn exact_search(&self, query: &[f32], wanted: usize, filter: &(dyn Fn(u64) -> bool + Sync)) -> Vec<Neighbour> {
-        let nodes = self.graph.read();
-        let mut hits: Vec<Neighbour> = nodes
-            .ids
-            .iter()
-            .zip(nodes.vectors.chunks_exact(self.dim))
-            .filter(|(id, _)| filter(**id))
-            .map(|(&id, vector)| Neighbour { id, distance: unit_cosine_distance(query, vector) })
-            .collect();
-        drop(nodes);
+        let mut hits = Vec::new();
+        let visit = |id: u64, vector: &[f32]| {
+            if filter(id) {
+                hits.push(Neighbour { id, distance: unit_cosine_distance(query, vector) });
+            }
+        };
+        match &self.engine {
+            Engine::Native(graph) => graph.for_each_point(visit),
+            Engine::HnswRs(graph) => graph.for_each_point(visit),
+        }
         if hits.len() > wanted {
             hits.select_nth_unstable_by(wanted - 1, by_distance_then_id);
             hits.truncate(wanted);
@@ -202,24 +262,23 @@ impl VectorIndex {
     }
 
     /// Loads an index saved by [`save`](Self::save): the graph is read back as it was
-    /// built, not rebuilt. A missing, partial or corrupted directory is an error. The
-    /// params are those it was saved with; see [`with_search_params`](Self::with_search_params).
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
-        persist::load(dir)
-    }
-
-    /// The index with the search-time params (`ef_search`, `exact_below`) of `configured`:
-    /// a loaded index keeps the shape it was built with (M, `ef_construction`), but how it
-    /// is searched follows the current configuration.
-    pub fn with_search_params(mut self, configured: &IndexParams) -> Self {
-        self.params.ef_search = configured.ef_search;
-        self.params.exact_below = configured.exact_below;
-        self
+    /// built, not rebuilt. A missing, partial or corrupted directory is an error, and so is
+    /// an index saved by an engine other than `configured.engine` (the caller rebuilds).
+    /// The index keeps the shape it was built with (M, `ef_construction`); how it is
+    /// searched (`ef_search`, `exact_below`) follows `configured`.
+    pub fn load(dir: &Path, configured: &IndexParams) -> anyhow::Result<Self> {
+        let mut index = persist::load(dir, configured.engine)?;
+        index.params.ef_search = configured.ef_search;
+        index.params.exact_below = configured.exact_below;
+        Ok(index)
     }
 
     /// How many points are stored (deleted ones included: deletion is the caller's filter).
     pub fn len(&self) -> usize {
-        self.graph.len()
+        match &self.engine {
+            Engine::Native(graph) => graph.len(),
+            Engine::HnswRs(graph) => graph.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -235,38 +294,91 @@ impl VectorIndex {
     }
 }
 
+/// The graph of a [`VectorIndex`], one variant per [`IndexEngine`]. A query matches on it
+/// once; each engine's search loop runs without further dispatch.
+enum Engine {
+    Native(Graph),
+    HnswRs(HnswRsGraph),
+}
+
+impl Engine {
+    fn kind(&self) -> IndexEngine {
+        match self {
+            Engine::Native(_) => IndexEngine::Native,
+            Engine::HnswRs(_) => IndexEngine::HnswRs,
+        }
+    }
+
+    /// The `k` nearest points found at beam width `max(ef, k)` that `filter` accepts (all
+    /// when `None`), in no particular order; `None` when the engine failed to answer.
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> Option<Vec<Neighbour>> {
+        match self {
+            Engine::Native(graph) => Some(graph.search(query, k, ef, filter)),
+            Engine::HnswRs(graph) => graph.search(query, k, ef, filter),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    //! The contract both engines keep is `tests/index.rs`; here, what only the inside shows.
     use super::*;
-
-    fn unit(v: Vec<f32>) -> Vec<f32> {
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / norm).collect()
-    }
-
-    #[test]
-    fn index_is_send_and_sync() {
-        fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<VectorIndex>();
-    }
-
-    #[test]
-    fn empty_index_and_zero_k_return_nothing() {
-        let index = VectorIndex::new(3, 10, IndexParams::default());
-        assert!(index.is_empty());
-        assert!(index.search(&[1.0, 0.0, 0.0], 5, &|_| true, 0).is_empty());
-        index.insert_batch(&[(7, unit(vec![1.0, 0.0, 0.0]))]);
-        assert!(index.search(&[1.0, 0.0, 0.0], 0, &|_| true, 1).is_empty());
-        let hits = index.search(&[1.0, 0.0, 0.0], 5, &|_| true, 1);
-        assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].id, 7);
-        assert!(hits[0].distance.abs() < 1e-6);
-    }
 
     #[test]
     fn params_deserialize_with_defaults_for_missing_fields() {
         let params: IndexParams = serde_json::from_str(r#"{"ef_search": 100}"#).expect("valid params");
         assert_eq!(params.ef_search, 100);
         assert_eq!(params.max_nb_connection, IndexParams::default().max_nb_connection);
+        assert_eq!(params.engine, IndexEngine::Native);
+        let params: IndexParams = serde_json::from_str(r#"{"engine": "hnsw_rs"}"#).expect("valid params");
+        assert_eq!(params.engine, IndexEngine::HnswRs);
+        assert!(serde_json::from_str::<IndexParams>(r#"{"engine": "faiss"}"#).is_err());
+    }
+
+    /// Every node of the native graph links out on layer 0 after batches of both sizes
+    /// linked while searches run, and almost every one is linked to (the heuristic may prune
+    /// a node out of all its neighbours' lists, as in any HNSW; its own links remain).
+    #[test]
+    fn native_links_every_node_after_inserts_racing_searches() {
+        const DIM: usize = 16;
+        // Deterministic, spread-out unit vectors; the random ones are the contract suite's.
+        let vector = |i: usize| -> Vec<f32> {
+            let v: Vec<f32> = (0..DIM).map(|j| ((i * 7 + j * 13) as f32 * 0.618).sin()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        };
+        let rows: Vec<(u64, Vec<f32>)> = (0..3_000).map(|i| (i as u64, vector(i))).collect();
+        let index = VectorIndex::new(DIM, 0, IndexParams { exact_below: 0, ..IndexParams::default() });
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    index.search(&rows[0].1, 10, &|_| true, index.len());
+                }
+            });
+            for (round, batch) in rows.chunks(250).enumerate() {
+                if round % 2 == 0 {
+                    batch.chunks(30).for_each(|small| index.insert_batch(small));
+                } else {
+                    index.insert_batch(batch);
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let Engine::Native(graph) = &index.engine else { unreachable!("the default engine is native") };
+        let nodes = graph.read();
+        let mut linked_to = vec![false; nodes.len()];
+        for node in 0..nodes.len() as u32 {
+            assert!(nodes.neighbour_count(node, 0) > 0, "node {node} has no links");
+            nodes.for_each_neighbour(node, 0, |n| linked_to[n as usize] = true);
+        }
+        let orphans = linked_to.iter().filter(|&&l| !l).count();
+        assert!(orphans * 100 <= nodes.len(), "{orphans} nodes nobody links to");
     }
 }

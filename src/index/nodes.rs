@@ -23,6 +23,9 @@ pub(super) const MAX_LEVEL: u8 = 15;
 /// Cache lines of a list to prefetch: a layer-0 list of 2 × 16 slots and its count is 132 bytes.
 const LIST_PREFETCH_LINES: usize = 3;
 
+/// Cache lines of a vector to prefetch while the one before it is compared.
+const VECTOR_PREFETCH_LINES: usize = 8;
+
 pub(super) struct Nodes {
     pub(super) dim: usize,
     /// Slots per upper-layer list (HNSW's M).
@@ -126,7 +129,13 @@ impl Nodes {
     /// Starts loading `node`'s list on `layer` into cache (a search about to expand it).
     #[inline]
     pub(super) fn prefetch_neighbours(&self, node: u32, layer: u8) {
-        super::graph::prefetch_lines(self.block(node, layer), LIST_PREFETCH_LINES);
+        prefetch_lines(self.block(node, layer), LIST_PREFETCH_LINES);
+    }
+
+    /// Starts loading `node`'s vector into cache: the next comparison then finds it there.
+    #[inline(always)]
+    pub(super) fn prefetch_vector(&self, node: u32) {
+        prefetch_lines(self.vector(node), VECTOR_PREFETCH_LINES);
     }
 
     /// Replaces `node`'s list on `layer`; the caller holds the node's lock.
@@ -180,4 +189,21 @@ impl Nodes {
             locks: (0..len).map(|_| Mutex::new(())).collect(),
         }
     }
+}
+
+/// Prefetches the first `lines` cache lines of `data` (fewer if it is shorter).
+#[inline(always)]
+fn prefetch_lines<T>(data: &[T], lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr().cast::<i8>();
+        for line in 0..lines.min(bytes.div_ceil(64)) {
+            // SAFETY: a prefetch never faults and reads nothing; the address lies inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(line * 64)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, lines);
 }
