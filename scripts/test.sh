@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the test assets (weights, photos, Fashion-MNIST)
-# when missing, runs every Rust test, then the web page's test in a real
-# headless Chromium. README.md and .ci/run both call this.
+# when missing, runs every Rust test, then the web pages' tests in a real
+# headless Chromium, then schemathesis against the OpenAPI document. README.md
+# and .ci/run both call this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-assets.sh
@@ -9,6 +10,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets --locked "$@" 2>&1 | tee "$log"
 bash scripts/browser-test.sh 2>&1 | tee -a "$log"
+bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
 # Benchmarks are not tests, but they must keep working: each runs once on a tiny input.
 echo "== bench smoke runs"
 bash bench/mining_experiment.sh --tiny

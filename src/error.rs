@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
     strum::EnumIter,
     strum::IntoStaticStr,
     strum::EnumString,
+    strum::EnumMessage,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -70,7 +72,9 @@ pub enum ErrorCode {
     // Datasets and their catalogues.
     /// A dataset name that is not 1 to 64 characters of `[A-Za-z0-9_-]`.
     InvalidDatasetName,
+    /// A dataset with this name already exists.
     DatasetExists,
+    /// No dataset with this name.
     DatasetNotFound,
     /// The dataset is still being ingested.
     DatasetNotReady,
@@ -90,9 +94,13 @@ pub enum ErrorCode {
     InvalidLabelsCsv,
 
     // Items and images.
+    /// A label that is not 1 to 256 printable characters.
     InvalidLabel,
+    /// An item id that is not 1 to 256 printable characters, starts with `/` or has a `..` segment.
     InvalidItemId,
+    /// An item with this id already exists in the dataset.
     ItemExists,
+    /// No item with this id in the dataset.
     ItemNotFound,
     /// The image is not one of the accepted formats or cannot be decoded.
     InvalidImage,
@@ -100,8 +108,11 @@ pub enum ErrorCode {
     ImageTooLarge,
 
     // Jobs and models.
+    /// No job with this id.
     JobNotFound,
+    /// The job has no artifact with this name.
     ArtifactNotFound,
+    /// The dataset has no model with this id.
     ModelNotFound,
     /// The model cannot be used: it was trained on another backbone, or the embedder stopped.
     ModelUnavailable,

@@ -6,13 +6,21 @@ use sqlx::Row;
 use super::Db;
 
 /// A dataset as the API shows it (`API.md`: `Dataset`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Dataset {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64, example = "shoes")]
     pub name: String,
+    /// `ingesting` while its ingest job runs, then `ready` (or `failed`).
+    #[schema(example = "ready")]
     pub status: String,
+    #[schema(minimum = 0)]
     pub items: i64,
+    /// Distinct labels.
+    #[schema(minimum = 0)]
     pub labels: i64,
+    /// The active model id.
     pub model: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 

@@ -6,12 +6,17 @@ use sqlx::Row;
 use super::Db;
 
 /// An item as the API shows it (`API.md`: `Item`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Item {
+    #[schema(min_length = 1, max_length = 256, example = "sneaker/0042")]
     pub item_id: String,
+    #[schema(min_length = 1, max_length = 256, example = "sneaker")]
     pub label: String,
+    /// Width of the original image, in pixels.
     pub width: u32,
+    /// Height of the original image, in pixels.
     pub height: u32,
+    #[schema(format = DateTime)]
     pub created_at: String,
 }
 

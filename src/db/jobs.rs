@@ -8,29 +8,50 @@ use super::Db;
 use crate::error::ErrorCode;
 
 /// A job as the API shows it (`API.md`: `Job`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Job {
+    /// A UUID.
     pub id: String,
     pub kind: JobKind,
     pub dataset: String,
     pub status: JobStatus,
+    /// What the job is doing: `queued`, `starting`, `ingesting`; finetune: `features`, `mining`,
+    /// `training`, `evaluating`, `indexing`, `swapping`; reindex: `features`, `indexing`,
+    /// `swapping`; `resuming` after a restart; then the final status.
     pub stage: String,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub progress: f64,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
+    /// Why a failed job failed; some canceled jobs say why too (`dataset_deleted`).
     pub error: Option<JobError>,
+    /// The parameters the job runs with: a finetune job's resolved `FinetuneParams`, a reindex
+    /// job's `{"model": id}`, an ingest job's archive and image count.
+    #[schema(value_type = Object)]
     pub params: Value,
+    /// `null` until the job succeeds; then `IngestResult`, `FinetuneResult` or `ReindexResult`
+    /// by kind.
+    #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+    /// File names, fetched with `GET /jobs/{id}/artifacts/{file}`.
     pub artifacts: Vec<String>,
-    /// The current stage's figures (a finetune job's epoch, step and loss, ...); `null` when none.
+    /// The current stage's figures (a finetune job's `epoch`, `epochs`, `step`, `steps`, `loss`,
+    /// `mean_positive_distance`, `mean_negative_distance`, `active_triplets`, ...); `null` when none.
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<Value>,
-    /// How many times the job was started (more than once when it was resumed after a restart).
+    /// How many times the job was started: above 1 when it was resumed after a restart (finetune
+    /// and reindex jobs are, up to `jobs.max_attempts`).
+    #[schema(minimum = 0)]
     pub attempts: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobError {
+    #[schema(value_type = ErrorCode)]
     pub code: String,
     pub message: String,
 }
@@ -48,6 +69,7 @@ pub struct JobError {
     strum::IntoStaticStr,
     strum::EnumString,
     strum::Display,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -85,6 +107,7 @@ impl JobKind {
     strum::IntoStaticStr,
     strum::EnumString,
     strum::Display,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]

@@ -13,12 +13,19 @@ use crate::train::retrieval::Metrics;
 
 /// A model generation as `GET /datasets/{name}/models` shows it, plus what
 /// the server needs to load it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Model)]
 pub struct ModelRecord {
+    /// The pretrained backbone's id, or a trained model's.
     pub id: String,
+    /// The model that was active when this one was trained; `null` for the pretrained backbone.
     pub parent: Option<String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    /// Whether the dataset is served with this model (exactly one is).
     pub active: bool,
+    /// Held-out metrics: a trained model's from its job (after), the parent's from the first job
+    /// that measured it (before).
     pub eval: Option<Metrics>,
     /// The backbone whose features the model's head reads.
     pub backbone: String,

@@ -1,6 +1,6 @@
-//! API keys (`API.md`): when keys are configured, every request but
-//! `/healthz`, `/readyz` and `/metrics` carries `Authorization: Bearer <key>`.
-//! A read key may search and read; an admin key may do everything.
+//! API keys (`API.md`): when keys are configured, every request but those of
+//! [`is_open`] carries `Authorization: Bearer <key>`. A read key may search and
+//! read; an admin key may do everything.
 
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
@@ -12,12 +12,20 @@ use subtle::{Choice, ConstantTimeEq};
 use super::error::{AppError, ErrorCode};
 use crate::state::AppState;
 
-const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// Paths anyone may read: probes and metrics, and the pages and the API's
+/// description, which a browser loads without a bearer header and which hold
+/// nothing secret (the pages ask for a key before they call the API).
+const OPEN_PATHS: [&str; 6] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/docs"];
+
+/// Whether `path` needs no key: one of [`OPEN_PATHS`], or a file of the API page.
+fn is_open(path: &str) -> bool {
+    OPEN_PATHS.contains(&path) || path.starts_with("/docs/")
+}
 
 pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let admin = state.settings.admin_keys();
     let read = state.settings.read_keys();
-    if (admin.is_empty() && read.is_empty()) || OPEN_PATHS.contains(&request.uri().path()) {
+    if (admin.is_empty() && read.is_empty()) || is_open(request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request

@@ -6,15 +6,17 @@ use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
 
 use super::check_dataset_name;
-use super::error::{AppError, AppResult, ErrorCode};
+use super::error::{AppError, AppResult, ErrorBody, ErrorCode};
 use super::extract::{AppPath, DRAIN_ALLOWANCE, drain, read_text};
 use crate::archive::{self, ArchiveError, ArchiveLimits};
 use crate::db::datasets::{Dataset, STATUS_INGESTING};
-use crate::db::jobs::JobKind;
+use crate::db::jobs::{Job, JobKind};
 use crate::state::AppState;
 
 /// Deletes an upload file unless the ingest job took it over.
@@ -28,11 +30,54 @@ impl Drop for UploadGuard {
     }
 }
 
+/// The multipart body of `POST /datasets`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CatalogueUpload {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64, example = "shoes")]
+    name: String,
+    /// A `.zip`, `.tar` or `.tar.gz` file (recognised by its content).
+    #[schema(value_type = String, content_media_type = "application/octet-stream")]
+    archive: Vec<u8>,
+}
+
+/// The answer to a catalogue upload.
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub dataset: Dataset,
+    /// The queued `ingest` job.
+    pub job: Job,
+}
+
+/// Upload a catalogue archive (queues an ingest job)
+///
+/// Two archive layouts are accepted:
+///
+/// 1. folder per label: `<label>/<file>.{jpg,jpeg,png,webp,gif,bmp}`; the item id is the path
+///    without the extension, e.g. `sneaker/0042`.
+/// 2. a `labels.csv` at the archive root with header `file,label` (optionally `,item_id`);
+///    `file` is the image's path inside the archive. Fields may be quoted.
+///
+/// The archive is checked (format, entry paths, limits, layout) before anything is created.
+/// The ingest job then decodes, stores, embeds and indexes every image; images that fail to
+/// decode are skipped and counted in the job's result (`skipped`, `skipped_reasons`).
+#[utoipa::path(
+    post, path = "/datasets", tag = "datasets", operation_id = "createDataset",
+    request_body(content = CatalogueUpload, content_type = "multipart/form-data"),
+    security(("bearerAuth" = ["admin"])),
+    responses(
+        (status = 202, description = "The dataset was created with status `ingesting`, and an `ingest` job queued.", body = Created),
+        (status = 400, description = "Bad name, missing field, malformed multipart body or unusable archive. Codes: `invalid_dataset_name`, `missing_field`, `invalid_multipart`, `invalid_field`, `empty_archive`, `unsafe_archive_path`, `invalid_archive`, `invalid_labels_csv`.", body = ErrorBody),
+        (status = 409, description = "A dataset with this name already exists. Codes: `dataset_exists`.", body = ErrorBody),
+        (status = 413, description = "The upload is larger than `limits.max_upload_bytes` (default 4 GiB), or the archive holds more entries or unpacks to more bytes than allowed. Codes: `payload_too_large`, `archive_too_large`.", body = ErrorBody),
+        (status = 415, description = "The file is not a .zip, .tar or .tar.gz archive. Codes: `unsupported_archive`.", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
-) -> AppResult<(StatusCode, Json<Value>)> {
+) -> AppResult<(StatusCode, Json<Created>)> {
     let mut multipart = multipart?;
     let max = state.settings.limits.max_upload_bytes;
     let declared =
@@ -88,7 +133,7 @@ pub async fn create(
     guard.0 = None;
     state.jobs.notify();
     let dataset = state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"dataset": dataset, "job": job}))))
+    Ok((StatusCode::ACCEPTED, Json(Created { dataset, job })))
 }
 
 async fn refuse_taken_name(state: &AppState, name: &str) -> AppResult<()> {
@@ -132,29 +177,83 @@ fn archive_error(err: ArchiveError) -> AppError {
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> AppResult<Json<Value>> {
-    let datasets = state.db.list_datasets().await?;
-    Ok(Json(json!({ "datasets": datasets })))
+#[derive(Serialize, ToSchema)]
+pub struct DatasetList {
+    /// Sorted by name.
+    pub datasets: Vec<Dataset>,
 }
 
+/// List the datasets
+#[utoipa::path(
+    get, path = "/datasets", tag = "datasets", operation_id = "listDatasets",
+    security(("bearerAuth" = ["read"])),
+    responses((status = 200, description = "All datasets, sorted by name.", body = DatasetList)),
+)]
+pub async fn list(State(state): State<AppState>) -> AppResult<Json<DatasetList>> {
+    let datasets = state.db.list_datasets().await?;
+    Ok(Json(DatasetList { datasets }))
+}
+
+/// Show a dataset
+#[utoipa::path(
+    get, path = "/datasets/{name}", tag = "datasets", operation_id = "getDataset",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    security(("bearerAuth" = ["read"])),
+    responses(
+        (status = 200, description = "The dataset.", body = Dataset),
+        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
+    ),
+)]
 pub async fn get(State(state): State<AppState>, AppPath(name): AppPath<String>) -> AppResult<Json<Dataset>> {
     let dataset = state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
     Ok(Json(dataset))
 }
 
-/// Extra: item counts per label (used by `lookalike eval` for MAP@R).
-pub async fn labels(State(state): State<AppState>, AppPath(name): AppPath<String>) -> AppResult<Json<Value>> {
-    state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
-    let labels: Vec<Value> = state
-        .db
-        .label_counts(&name)
-        .await?
-        .into_iter()
-        .map(|(label, items)| json!({"label": label, "items": items}))
-        .collect();
-    Ok(Json(json!({ "labels": labels })))
+#[derive(Serialize, ToSchema)]
+pub struct LabelList {
+    /// Sorted by label.
+    pub labels: Vec<LabelCount>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct LabelCount {
+    pub label: String,
+    #[schema(minimum = 1)]
+    pub items: i64,
+}
+
+/// Item counts per label
+///
+/// Used by `lookalike eval` for MAP@R.
+#[utoipa::path(
+    get, path = "/datasets/{name}/labels", tag = "datasets", operation_id = "listLabels",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    security(("bearerAuth" = ["read"])),
+    responses(
+        (status = 200, description = "The labels of the dataset, sorted, with their item counts.", body = LabelList),
+        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
+    ),
+)]
+pub async fn labels(State(state): State<AppState>, AppPath(name): AppPath<String>) -> AppResult<Json<LabelList>> {
+    state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
+    let counts = state.db.label_counts(&name).await?;
+    let labels = counts.into_iter().map(|(label, items)| LabelCount { label, items }).collect();
+    Ok(Json(LabelList { labels }))
+}
+
+/// Delete a dataset
+#[utoipa::path(
+    delete, path = "/datasets/{name}", tag = "datasets", operation_id = "deleteDataset",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    security(("bearerAuth" = ["admin"])),
+    responses(
+        (status = 204, description = "Deleted: the dataset, its items, images, models and indexes are gone; its queued and running jobs are canceled."),
+        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
+    ),
+)]
 pub async fn delete(State(state): State<AppState>, AppPath(name): AppPath<String>) -> AppResult<StatusCode> {
     if state.db.get_dataset(&name).await?.is_none() {
         return Err(AppError::dataset_not_found(&name));

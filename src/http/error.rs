@@ -1,5 +1,5 @@
-//! The one error type at the HTTP edge: every failure becomes
-//! `{"error": {"code", "message"}}` with a stable snake_case code, one of
+//! The one error type at the HTTP edge: every failure becomes an [`ErrorBody`],
+//! `{"error": {"code", "message", "request_id"}}`, with a stable snake_case code, one of
 //! [`ErrorCode`] (`docs/API.md`), whose variant also fixes the status.
 //!
 //! Client mistakes are 4xx with a code naming the problem. Server faults are
@@ -11,7 +11,8 @@ use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 pub use crate::error::ErrorCode;
 
@@ -22,6 +23,26 @@ pub struct AppError {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "dataset_not_found", "message": "no dataset named \"shoes\"",
+    "request_id": "6f1c2a4e-0b7d-4c1e-9a53-2f8e7d9b0c11"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The request's id (its `x-request-id`), naming the server's log lines of it. Filled in by
+    /// the router's `error_request_id` layer, which sees every error body.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    #[schema(required = true)]
+    pub request_id: String,
+}
 
 impl AppError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -49,7 +70,8 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code, message: self.message, request_id: String::new() } };
         (self.code.status(), Json(body)).into_response()
     }
 }

@@ -6,10 +6,10 @@ use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{AppError, AppResult, ErrorCode};
+use super::error::{AppError, AppResult, ErrorBody, ErrorCode};
 use super::extract::{AppPath, AppQuery, read_field, read_text};
 use super::serving;
 use crate::archive::{check_item_id, check_label};
@@ -21,6 +21,39 @@ use crate::storage::BlobStore;
 const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
+/// The multipart body of `POST /datasets/{name}/items`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct NewItemForm {
+    /// The image file (JPEG, PNG, WebP, GIF, BMP).
+    #[schema(value_type = String, content_media_type = "image/*")]
+    image: Vec<u8>,
+    /// 1 to 256 printable characters.
+    #[schema(min_length = 1, max_length = 256)]
+    label: String,
+    /// A random UUID when absent. 1 to 256 printable characters, no leading `/`, no `..` segment.
+    #[schema(min_length = 1, max_length = 256)]
+    item_id: Option<String>,
+}
+
+/// Add one item
+///
+/// The item is stored, embedded with the dataset's active model and indexed: it is
+/// searchable when the answer is sent.
+#[utoipa::path(
+    post, path = "/datasets/{name}/items", tag = "items", operation_id = "addItem",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = NewItemForm, content_type = "multipart/form-data"),
+    security(("bearerAuth" = ["admin"])),
+    responses(
+        (status = 201, description = "The item; it is searchable when this answer is sent.", body = Item),
+        (status = 400, description = "Missing or invalid field, or an image that cannot be decoded. Codes: `missing_field`, `invalid_label`, `invalid_item_id`, `invalid_image`, `invalid_multipart`, `invalid_field`, `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
+        (status = 409, description = "An item with this id already exists in the dataset. Codes: `item_exists`.", body = ErrorBody),
+        (status = 413, description = "The image is larger than `limits.max_image_bytes` (default 32 MiB) or has more pixels than `limits.max_image_pixels`. Codes: `payload_too_large`, `image_too_large`.", body = ErrorBody),
+        (status = 503, description = "The server cannot answer now; retry later. Codes: `not_ready`, `overloaded`, `model_unavailable`.", body = ErrorBody),
+    ),
+)]
 pub async fn add(
     State(state): State<AppState>,
     AppPath(name): AppPath<String>,
@@ -93,18 +126,42 @@ fn item_not_found(item_id: &str) -> AppError {
     AppError::new(ErrorCode::ItemNotFound, format!("no item with id {item_id:?} in this dataset"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only items with this label.
     label: Option<String>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Items per page.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
 }
 
+/// One page of items, ordered by item id.
+#[derive(Serialize, ToSchema)]
+pub struct ItemPage {
+    pub items: Vec<Item>,
+    /// The `cursor` of the following page, or `null` after the last.
+    pub next: Option<String>,
+}
+
+/// List items, by page
+#[utoipa::path(
+    get, path = "/datasets/{name}/items", tag = "items", operation_id = "listItems",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$"), ListParams),
+    security(("bearerAuth" = ["read"])),
+    responses(
+        (status = 200, description = "One page of items, ordered by item id; `next` is the cursor of the following page, or null.", body = ItemPage),
+        (status = 400, description = "Bad `limit` or query string. Codes: `invalid_limit`, `invalid_query`, `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AppPath(name): AppPath<String>,
     AppQuery(params): AppQuery<ListParams>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<ItemPage>> {
     state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
     let limit = match params.limit.as_deref() {
         None | Some("") => DEFAULT_PAGE,
@@ -117,9 +174,20 @@ pub async fn list(
     let more = records.len() > limit;
     let items: Vec<Item> = records.into_iter().take(limit).map(|r| r.item).collect();
     let next = if more { items.last().map(|i| i.item_id.clone()) } else { None };
-    Ok(Json(json!({ "items": items, "next": next })))
+    Ok(Json(ItemPage { items, next }))
 }
 
+/// Show an item
+#[utoipa::path(
+    get, path = "/datasets/{name}/items/{item_id}", tag = "items", operation_id = "getItem",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$"), ("item_id" = String, Path, description = "The item id, percent-encoded as one segment (`sneaker/0042` is `sneaker%2F0042`).", min_length = 1, max_length = 256)),
+    security(("bearerAuth" = ["read"])),
+    responses(
+        (status = 200, description = "The item.", body = Item),
+        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset or item. Codes: `dataset_not_found`, `item_not_found`.", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     AppPath((name, item_id)): AppPath<(String, String)>,
@@ -129,6 +197,17 @@ pub async fn get(
     Ok(Json(record.item))
 }
 
+/// The original image bytes
+#[utoipa::path(
+    get, path = "/datasets/{name}/items/{item_id}/image", tag = "items", operation_id = "getItemImage",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$"), ("item_id" = String, Path, description = "The item id, percent-encoded as one segment (`sneaker/0042` is `sneaker%2F0042`).", min_length = 1, max_length = 256)),
+    security(("bearerAuth" = ["read"])),
+    responses(
+        (status = 200, description = "The bytes as uploaded, with their content type.", body = [u8], content_type = "image/*"),
+        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset or item. Codes: `dataset_not_found`, `item_not_found`.", body = ErrorBody),
+    ),
+)]
 pub async fn image(
     State(state): State<AppState>,
     AppPath((name, item_id)): AppPath<(String, String)>,
@@ -140,6 +219,17 @@ pub async fn image(
     Ok(([(header::CONTENT_TYPE, record.content_type)], bytes).into_response())
 }
 
+/// Delete an item
+#[utoipa::path(
+    delete, path = "/datasets/{name}/items/{item_id}", tag = "items", operation_id = "deleteItem",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$"), ("item_id" = String, Path, description = "The item id, percent-encoded as one segment (`sneaker/0042` is `sneaker%2F0042`).", min_length = 1, max_length = 256)),
+    security(("bearerAuth" = ["admin"])),
+    responses(
+        (status = 204, description = "Deleted; it is never returned by a search again."),
+        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset or item. Codes: `dataset_not_found`, `item_not_found`.", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AppPath((name, item_id)): AppPath<(String, String)>,

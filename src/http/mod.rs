@@ -1,15 +1,18 @@
 //! The HTTP API of `API.md`: one module per resource, thin handlers.
 //!
-//! `router` wires the routes, the body limits, API-key checks, request ids,
-//! request metrics and logs around one shared `AppState`.
+//! [`api`] lists the routes, each with its OpenAPI operation (`openapi`); `router` wires
+//! them with the body limits, API-key checks, request ids, request metrics and logs around
+//! one shared `AppState`.
 
 pub mod auth;
 pub mod datasets;
+pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod items;
 pub mod jobs;
 pub mod models;
+pub mod openapi;
 pub mod ops;
 pub mod search;
 
@@ -19,8 +22,10 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use std::sync::Arc;
 
@@ -42,26 +47,8 @@ pub fn router(state: AppState) -> Router {
     };
     let upload_limit = body_limit(limits.max_upload_bytes);
     let image_limit = body_limit(limits.max_image_bytes);
-    Router::new()
-        .route("/datasets", post(datasets::create).layer(upload_limit).get(datasets::list))
-        .route("/datasets/{name}", get(datasets::get).delete(datasets::delete))
-        .route("/datasets/{name}/labels", get(datasets::labels))
-        .route("/datasets/{name}/models", get(models::list))
-        .route("/datasets/{name}/models/{id}/activate", post(models::activate))
-        .route("/datasets/{name}/items", post(items::add).get(items::list))
-        .route("/datasets/{name}/items/{item_id}", get(items::get).delete(items::delete))
-        .route("/datasets/{name}/items/{item_id}/image", get(items::image))
-        .route("/datasets/{name}/items/{item_id}/similar", get(search::similar))
-        .route("/search", post(search::search))
-        .route("/jobs", get(jobs::list).post(jobs::create))
-        .route("/jobs/{id}", get(jobs::get))
-        .route("/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/jobs/{id}/artifacts/{file}", get(jobs::artifact))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .route("/", get(ops::page))
+    let (routes, _document) = api(upload_limit).split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(image_limit)
@@ -73,6 +60,36 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Every route, each registered with its OpenAPI operation (the handler's
+/// `#[utoipa::path]`, which names its method and path): the router and
+/// `/openapi.json` are both made from this list. `upload_limit` is the body
+/// limit of a catalogue upload.
+pub fn api(upload_limit: DefaultBodyLimit) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(datasets::create).layer(upload_limit))
+        .routes(routes!(datasets::list))
+        .routes(routes!(datasets::get, datasets::delete))
+        .routes(routes!(datasets::labels))
+        .routes(routes!(models::list))
+        .routes(routes!(models::activate))
+        .routes(routes!(items::add, items::list))
+        .routes(routes!(items::get, items::delete))
+        .routes(routes!(items::image))
+        .routes(routes!(search::similar))
+        .routes(routes!(search::search))
+        .routes(routes!(jobs::list, jobs::create))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::artifact))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(ops::page))
+        .routes(routes!(docs::page))
+        .routes(routes!(docs::asset))
 }
 
 async fn not_found() -> AppError {

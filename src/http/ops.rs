@@ -6,30 +6,71 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::error::{AppError, AppResult, ErrorCode};
+use super::error::{AppError, AppResult, ErrorBody, ErrorCode};
 use crate::generation::DatasetState;
 use crate::state::AppState;
 use crate::telemetry::metrics::CONTENT_TYPE;
 use crate::telemetry::{DatasetReading, EmbedderReading, Snapshot};
 
-const OPENAPI: &str = include_str!("openapi.json");
 const PAGE: &str = include_str!("page.html");
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok", pattern = "^ok$")]
+    pub status: &'static str,
 }
 
+/// Liveness
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations", operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "The process runs.", body = Health)),
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready", pattern = "^ready$")]
+    pub status: &'static str,
+    /// The loaded model id.
+    pub model: String,
+}
+
+/// Readiness
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations", operation_id = "readyz",
+    security(()),
+    responses(
+        (status = 200, description = "Models and indexes are loaded.", body = Ready),
+        (status = 503, description = "Still loading models and indexes. Codes: `not_ready`.", body = ErrorBody),
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
-        Json(json!({"status": "ready", "model": state.embedder.model().id})).into_response()
+        Json(Ready { status: "ready", model: state.embedder.model().id.clone() }).into_response()
     } else {
         AppError::new(ErrorCode::NotReady, "loading models and indexes").into_response()
     }
 }
 
-/// Every series of `telemetry::metrics`, with the readings of this moment.
+/// Prometheus metrics
+///
+/// Every series of `telemetry::metrics`, with the readings of this moment: requests by
+/// method, route and status, job counts and durations by kind and status, the embedder's
+/// batches, forward passes and queue, search latency and its stages, index sizes and the active
+/// model per dataset.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition format.", body = String, content_type = "text/plain")),
+)]
 pub async fn metrics(State(state): State<AppState>) -> AppResult<Response> {
     let text = state.metrics.encode(&snapshot(&state)).map_err(AppError::internal)?;
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
@@ -61,10 +102,22 @@ fn dataset_reading(dataset: &DatasetState) -> DatasetReading {
     }
 }
 
+/// This document
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations", operation_id = "openapi",
+    security(()),
+    responses((status = 200, description = "The OpenAPI document.", body = Object)),
+)]
 pub async fn openapi() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], super::openapi::document()).into_response()
 }
 
+/// The web page
+#[utoipa::path(
+    get, path = "/", tag = "operations", operation_id = "page",
+    security(()),
+    responses((status = 200, description = "A search page: datasets, image search, catalogue upload, jobs.", body = String, content_type = "text/html")),
+)]
 pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }

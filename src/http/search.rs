@@ -11,8 +11,9 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{AppError, AppResult, ErrorCode};
+use super::error::{AppError, AppResult, ErrorBody, ErrorCode};
 use super::extract::{AppPath, AppQuery, parse_k, read_field, read_text};
 use super::serving;
 use crate::embedder::{Arrival, EmbedError, EmbedTiming};
@@ -21,28 +22,78 @@ use crate::network::preprocess::{Prepared, prepare};
 use crate::state::AppState;
 use crate::telemetry::SearchTiming;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// The dataset to search; required (here or as a multipart field).
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     dataset: Option<String>,
+    /// Most results, 1 to `limits.max_k` (default 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 10)]
     k: Option<String>,
+    /// Only items with this label. Empty means no filter.
     label: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The multipart body of `POST /search`; a field overrides the query parameter of its name.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SearchForm {
+    /// The query image (JPEG, PNG, WebP, GIF, BMP).
+    #[schema(value_type = String, content_media_type = "image/*")]
+    image: Vec<u8>,
+    /// The dataset to search; required (here or in the query string).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    dataset: Option<String>,
+    /// Most results (1 to `limits.max_k`, default 1000).
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 10)]
+    k: Option<String>,
+    /// Only items with this label. Empty means no filter.
+    label: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchHit {
     pub item_id: String,
     pub label: String,
+    /// Smaller is more similar.
     pub distance: f32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     pub dataset: String,
+    /// The model id that embedded the query and built the index.
     pub model: String,
+    /// Sorted by ascending distance.
     pub results: Vec<SearchHit>,
+    #[schema(minimum = 0.0)]
     pub took_ms: f64,
 }
 
+/// Search a dataset with an image
+///
+/// Send either multipart/form-data with an `image` file and the `dataset`, `k`, `label`
+/// fields, or the raw image as the body with `Content-Type: image/*` and `dataset`, `k`,
+/// `label` in the query string. With multipart, a form field overrides the query parameter of
+/// the same name. A read key may call this endpoint.
+#[utoipa::path(
+    post, path = "/search", tag = "search", operation_id = "search",
+    params(SearchParams),
+    request_body(content(
+        (SearchForm = "multipart/form-data"),
+        ([u8] = "image/*"),
+    )),
+    security(("bearerAuth" = ["read"])),
+    responses(
+        (status = 200, description = "At most `k` results, by ascending distance (fewer only when the dataset holds fewer matching items).", body = SearchResponse),
+        (status = 400, description = "Missing field, bad `k`, unreadable image or malformed body. Codes: `missing_field`, `invalid_k`, `invalid_image`, `invalid_multipart`, `invalid_field`, `invalid_body`, `invalid_query`.", body = ErrorBody),
+        (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
+        (status = 413, description = "The image is larger than `limits.max_image_bytes` (default 32 MiB) or has more pixels than `limits.max_image_pixels`. Codes: `payload_too_large`, `image_too_large`.", body = ErrorBody),
+        (status = 415, description = "The body is neither multipart/form-data nor `image/*`. Codes: `unsupported_media_type`.", body = ErrorBody),
+        (status = 503, description = "The server cannot answer now; retry later. Codes: `not_ready`, `overloaded`, `model_unavailable`.", body = ErrorBody),
+    ),
+)]
 pub async fn search(
     State(state): State<AppState>,
     AppQuery(mut params): AppQuery<SearchParams>,
@@ -107,12 +158,28 @@ pub async fn search(
     Ok(Json(response))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SimilarParams {
+    /// Most results, 1 to `limits.max_k` (default 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 10)]
     k: Option<String>,
+    /// Only items with this label.
     label: Option<String>,
 }
 
+/// Items nearest to a stored item
+#[utoipa::path(
+    get, path = "/datasets/{name}/items/{item_id}/similar", tag = "search", operation_id = "similarItems",
+    params(("name" = String, Path, description = "The dataset name.", pattern = "^[A-Za-z0-9_-]{1,64}$"), ("item_id" = String, Path, description = "The item id, percent-encoded as one segment (`sneaker/0042` is `sneaker%2F0042`).", min_length = 1, max_length = 256), SimilarParams),
+    security(("bearerAuth" = ["read"])),
+    responses(
+        (status = 200, description = "Same shape as `POST /search`; the item itself is left out.", body = SearchResponse),
+        (status = 400, description = "Bad `k` or query string. Codes: `invalid_k`, `invalid_query`, `invalid_path`.", body = ErrorBody),
+        (status = 404, description = "No such dataset or item. Codes: `dataset_not_found`, `item_not_found`.", body = ErrorBody),
+        (status = 503, description = "The server cannot answer now; retry later. Codes: `not_ready`, `overloaded`, `model_unavailable`.", body = ErrorBody),
+    ),
+)]
 pub async fn similar(
     State(state): State<AppState>,
     AppPath((name, item_id)): AppPath<(String, String)>,

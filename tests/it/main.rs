@@ -9,4 +9,5 @@ mod finetune;
 mod items;
 mod jobs;
 mod metrics;
+mod openapi;
 mod support;
