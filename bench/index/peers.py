@@ -2,7 +2,7 @@
 
 Usage: peers.py faiss|hnswlib DATA_DIR BUILD_THREADS EF...
 
-Mirrors examples/index_bench.rs field for field so that bench/index.sh can put the engines
+Mirrors bench/src/bin/index_bench.rs field for field so that bench/index.sh can put the engines
 in one table: same files (bench/index/data.py), same HNSW shape (M = 16, so 32 links on
 the bottom layer, ef_construction = 200, as config/default.toml gives lookalike), same
 similarity (inner product on unit vectors: lookalike's 1 − cosine ranks identically), the

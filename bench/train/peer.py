@@ -2,7 +2,7 @@
 
 Usage: peer.py DIR
 
-DIR is what `examples/train_bench.rs` wrote: manifest.json, the initial weights, the input
+DIR is what `bench/src/bin/train_bench.rs` wrote: manifest.json, the initial weights, the input
 rows and the item indices of every batch. This script rebuilds the step in torch from them,
 starting from the same weights and walking the same batches, and prints one JSON line: steps/s
 over the timed steps (after the same warm-up), the first losses, and for the tail the largest

@@ -2,7 +2,7 @@
 //! prepared dataset, as JSON lines; `bench/index.sh` runs it beside faiss and hnswlib
 //! (`bench/index/peers.py`) on the same files and prints the combined table.
 //!
-//! Usage: `cargo run --release --example index_bench -- DATA_DIR BUILD_THREADS EF...`
+//! Usage: `cargo run --release -p lookalike-bench --bin index_bench -- DATA_DIR BUILD_THREADS EF...`
 //!
 //! `DATA_DIR` is written by `bench/index/data.py`: `base.f32` and `queries.f32` in the feature
 //! cache format (`LKFEAT01`, rows, dim as u64 little-endian, then the rows as little-endian

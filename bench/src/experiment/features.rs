@@ -18,9 +18,9 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
-use crate::fashion_mnist::{self, Sample, Split};
-use crate::network::EmbeddingModel;
-use crate::network::preprocess::prepare;
+use fashion_mnist::{self, Sample, Split};
+use lookalike::network::EmbeddingModel;
+use lookalike::network::preprocess::prepare;
 
 /// First bytes of a feature cache file (format version 1).
 const MAGIC: &[u8; 8] = b"LKFEAT01";
