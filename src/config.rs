@@ -26,7 +26,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub model: ModelSettings,
-    pub embedder: EmbedderSettings,
+    pub embedder: crate::embedder::EmbedderSettings,
     pub index: IndexSettings,
     pub limits: Limits,
     pub jobs: JobSettings,
@@ -65,14 +65,6 @@ pub struct ModelSettings {
     pub weights: String,
     pub input_size: u32,
     pub fetch_if_missing: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct EmbedderSettings {
-    pub max_batch: usize,
-    pub max_wait_ms: u64,
-    pub queue_capacity: usize,
-    pub max_forward_pixels: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,10 +32,13 @@ pub enum EmbedError {
     Model(String),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// How queries are batched (the `[embedder]` settings; `config/default.toml` says what each trades).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
 pub struct EmbedderSettings {
     pub max_batch: usize,
-    pub max_wait: Duration,
+    /// Longest a gathered batch waits for more queries (ms), only while others are on their way.
+    pub max_wait_ms: u64,
+    /// Requests waiting beyond this are refused at once (`overloaded`).
     pub queue_capacity: usize,
     /// Most input pixels (images × side²) in one forward pass; a larger batch
     /// runs in several passes, each of at least one image.
@@ -207,7 +210,7 @@ fn run(model: EmbeddingModel, rx: mpsc::Receiver<Request>, settings: EmbedderSet
         let gathering_since = Instant::now();
         let mut batch = vec![first];
         let mut images = batch[0].inputs.len();
-        let deadline = gathering_since + settings.max_wait;
+        let deadline = gathering_since + Duration::from_millis(settings.max_wait_ms);
         while images < settings.max_batch {
             let request = match rx.try_recv() {
                 Ok(request) => request,

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::cancel::CancelFlag;
 use crate::config::Settings;
 use crate::db::Db;
-use crate::embedder::{Embedder, EmbedderSettings};
+use crate::embedder::Embedder;
 use crate::generation::{DatasetState, Generation, ModelHandle};
 use crate::network::EmbeddingModel;
 use crate::storage::BlobStore;
@@ -62,15 +62,7 @@ impl AppState {
         })
         .await??;
         tracing::info!(model = model.id(), dim = model.dim(), input_size, "model loaded");
-        let embedder = Embedder::start(
-            model,
-            EmbedderSettings {
-                max_batch: settings.embedder.max_batch,
-                max_wait: Duration::from_millis(settings.embedder.max_wait_ms),
-                queue_capacity: settings.embedder.queue_capacity,
-                max_forward_pixels: settings.embedder.max_forward_pixels,
-            },
-        )?;
+        let embedder = Embedder::start(model, settings.embedder)?;
         let blobs = BlobStore::new(&settings.data_dir)?;
         Ok(Self(Arc::new(Inner {
             jobs: RunningJobs::default(),

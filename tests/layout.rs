@@ -15,6 +15,14 @@ const MAX_LINES: usize = 400;
 const LONG_FILE_MARK: &str = "//! Over 400 lines:";
 
 type ModulePath = Vec<String>;
+type Edges = BTreeMap<ModulePath, BTreeSet<ModulePath>>;
+
+/// A source file's length, and whether its top says why it is long.
+struct FileLength {
+    file: PathBuf,
+    lines: usize,
+    explained: bool,
+}
 
 fn src_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {
@@ -88,17 +96,21 @@ fn resolve(path: &[String], modules: &BTreeSet<ModulePath>) -> ModulePath {
 }
 
 /// Modules of `src/` and each module's references to others, resolved.
-fn dependencies(src: &Path) -> (BTreeMap<ModulePath, BTreeSet<ModulePath>>, Vec<(PathBuf, usize, bool)>) {
+fn dependencies(src: &Path) -> (Edges, Vec<FileLength>) {
     let mut files = Vec::new();
     src_files(src, &mut files);
     files.sort();
     let modules: BTreeSet<ModulePath> = files.iter().map(|f| module_of(src, f)).collect();
-    let mut edges: BTreeMap<ModulePath, BTreeSet<ModulePath>> = BTreeMap::new();
+    let mut edges = Edges::new();
     let mut sizes = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("read source");
         let head: Vec<&str> = text.lines().take(40).collect();
-        sizes.push((file.clone(), text.lines().count(), head.iter().any(|l| l.starts_with(LONG_FILE_MARK))));
+        sizes.push(FileLength {
+            file: file.clone(),
+            lines: text.lines().count(),
+            explained: head.iter().any(|l| l.starts_with(LONG_FILE_MARK)),
+        });
         let from = module_of(src, file);
         for line in text.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
             for (root, path) in referenced_paths(line) {
@@ -193,8 +205,8 @@ fn long_files_say_why() {
     let (_, sizes) = dependencies(&src_dir());
     let unexplained: Vec<String> = sizes
         .iter()
-        .filter(|(_, lines, marked)| *lines > MAX_LINES && !marked)
-        .map(|(file, lines, _)| format!("{} ({lines} lines)", file.display()))
+        .filter(|f| f.lines > MAX_LINES && !f.explained)
+        .map(|f| format!("{} ({} lines)", f.file.display(), f.lines))
         .collect();
     assert!(
         unexplained.is_empty(),

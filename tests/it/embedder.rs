@@ -2,8 +2,6 @@
 //! forward passes and get exactly what they would get alone; a full queue
 //! refuses at once.
 
-use std::time::Duration;
-
 use lookalike::embedder::{EmbedError, Embedder, EmbedderSettings};
 use lookalike::network::EmbeddingModel;
 
@@ -26,12 +24,8 @@ fn inputs(n: usize) -> Vec<Vec<f32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_queries_are_batched_and_unchanged() {
-    let settings = EmbedderSettings {
-        max_batch: 16,
-        max_wait: Duration::from_millis(50),
-        queue_capacity: 64,
-        max_forward_pixels: usize::MAX,
-    };
+    let settings =
+        EmbedderSettings { max_batch: 16, max_wait_ms: 50, queue_capacity: 64, max_forward_pixels: usize::MAX };
     let embedder = Embedder::start(model(), settings).expect("start");
     let inputs = inputs(16);
     let alone: Vec<Vec<f32>> = {
@@ -54,8 +48,7 @@ async fn concurrent_queries_are_batched_and_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once() {
-    let settings =
-        EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 1, max_forward_pixels: usize::MAX };
+    let settings = EmbedderSettings { max_batch: 1, max_wait_ms: 0, queue_capacity: 1, max_forward_pixels: usize::MAX };
     let embedder = Embedder::start(model(), settings).expect("start");
     let input = inputs(1).remove(0);
     let results = futures_util::future::join_all((0..64).map(|_| embedder.embed_one(input.clone()))).await;
@@ -69,8 +62,7 @@ async fn a_full_queue_refuses_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_seen_before_decoding() {
     use std::sync::atomic::Ordering;
-    let settings =
-        EmbedderSettings { max_batch: 1, max_wait: Duration::ZERO, queue_capacity: 2, max_forward_pixels: usize::MAX };
+    let settings = EmbedderSettings { max_batch: 1, max_wait_ms: 0, queue_capacity: 2, max_forward_pixels: usize::MAX };
     let embedder = Embedder::start(model(), settings).expect("start");
     assert!(embedder.check_room().is_ok(), "an empty queue has room");
     // Two requests waiting fill a queue of two.
