@@ -3,8 +3,8 @@
 The format (bench/src/experiment/features.rs): b"LKFEAT01", then rows and dim as u64
 little-endian, then the rows as little-endian f32. The mining experiment caches backbone
 features in it, train_bench writes its inputs in it, and bench/index/data.py writes the index
-benchmark's base and query vectors in it; bench/index/data.py and bench/train/peer.py read it
-through here.
+benchmark's base and query vectors in it; bench/index/data.py, bench/index/peers.py and
+bench/train/peer.py read it through here.
 """
 
 import sys

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from data import TRUTH_MAGIC, read_vectors  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import feature_matrix  # noqa: E402  (bench/feature_matrix.py)
+from data import TRUTH_MAGIC  # noqa: E402
 
 K = 10
 M = 16
@@ -92,8 +94,8 @@ def main():
         sys.exit(__doc__)
     engine_name, data_dir, build_threads = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     efs = [int(ef) for ef in sys.argv[4:]]
-    base = np.ascontiguousarray(read_vectors(data_dir / "base.f32"))
-    queries = np.ascontiguousarray(read_vectors(data_dir / "queries.f32"))
+    base = np.ascontiguousarray(feature_matrix.read(data_dir / "base.f32"))
+    queries = np.ascontiguousarray(feature_matrix.read(data_dir / "queries.f32"))
     truth = read_truth(data_dir / "truth.knn")[:, :K]
 
     engine = ENGINES[engine_name](base.shape[1], build_threads)
