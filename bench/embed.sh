@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Embedding throughput: lookalike's Lite0 forward pass (candle, examples/embed_bench.rs)
+# Embedding throughput: lookalike's Lite0 forward pass (candle, bench/src/bin/embed_bench.rs)
 # against PyTorch CPU running the same weights (bench/embed/peer_torch.py), same input size,
 # batch sizes and thread count, in one run, with the ratio. Also checks that both give the
 # same features for the same pixels (max abs difference, fails above 1e-3).
@@ -38,11 +38,11 @@ pth="$assets/efficientnet-lite0-57934424.pth"
 weights="$assets/efficientnet-lite0.safetensors"
 if $tiny; then
     size=64 batches=1,2 min_images=2 min_rounds=2
-    cargo build --quiet --example embed_bench --bin lookalike
+    cargo build --quiet -p lookalike -p lookalike-bench --bin lookalike --bin embed_bench
     bin="$CARGO_TARGET_DIR/debug"
 else
     size=${SIZE:-224} batches=${BATCHES:-1,32} min_images=${MIN_IMAGES:-64} min_rounds=${MIN_ROUNDS:-5}
-    cargo build --quiet --release --example embed_bench --bin lookalike
+    cargo build --quiet --release -p lookalike -p lookalike-bench --bin lookalike --bin embed_bench
     bin="$CARGO_TARGET_DIR/release"
 fi
 [[ -f "$weights" ]] || "$bin/lookalike" import-weights "$pth" "$weights"
@@ -55,7 +55,7 @@ np.random.default_rng(0).standard_normal((4, 3, $size, $size), dtype=np.float32)
 
 echo "== $(nproc) cores, $threads threads each; $size px; batches $batches"
 raw="$out/embed.jsonl"
-RAYON_NUM_THREADS=$threads "$bin/examples/embed_bench" "$weights" --size "$size" --batches "$batches" \
+RAYON_NUM_THREADS=$threads "$bin/embed_bench" "$weights" --size "$size" --batches "$batches" \
     --min-images "$min_images" --min-rounds "$min_rounds" \
     --check-input "$work/pixels.f32" --check-output "$work/lookalike.f32" | tee "$raw"
 LD_LIBRARY_PATH=$openblas OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=$threads \

@@ -43,11 +43,11 @@ py="$venv/bin/python"
 # --tiny only checks that everything still runs: the dev profile (optimised too, see
 # Cargo.toml) is what the test suite has already built.
 if $tiny || [[ "${BENCH_PROFILE:-release}" == dev ]]; then
-    cargo build --quiet --example index_bench
-    bench_bin="$CARGO_TARGET_DIR/debug/examples/index_bench"
+    cargo build --quiet -p lookalike-bench --bin index_bench
+    bench_bin="$CARGO_TARGET_DIR/debug/index_bench"
 else
-    cargo build --quiet --release --example index_bench
-    bench_bin="$CARGO_TARGET_DIR/release/examples/index_bench"
+    cargo build --quiet --release -p lookalike-bench --bin index_bench
+    bench_bin="$CARGO_TARGET_DIR/release/index_bench"
 fi
 
 datasets=()

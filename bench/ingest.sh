@@ -9,7 +9,7 @@
 # Defaults: 60,000 (the whole training split; 0 means the same) at 224 px, the
 # server's embedded default. The server's embedder batch per forward pass is
 # read from /metrics (images / passes) and the raw model is timed at that batch
-# with `examples/forward_time` (dev profile, like the server the bench runs)
+# with `forward_time` (bench/src/bin/forward_time.rs) (dev profile, like the server the bench runs)
 # after the server has stopped. Prints the job's stage seconds and a table;
 # writes bench/out/ingest-job.json and bench/out/ingest.md.
 # LOOKALIKE_WEIGHTS: the weights (default: the test assets' safetensors when
@@ -31,7 +31,7 @@ if [[ -z "${LOOKALIKE_WEIGHTS:-}" && -f "$assets_weights" ]]; then export LOOKAL
 # Full runs measure the release build, the one the service ships; --tiny reuses the test build.
 if [[ -z "${BENCH_PROFILE:-}" && "$tiny" == false ]]; then export BENCH_PROFILE=release; fi
 source bench/server.sh
-built --example forward_time
+built -p lookalike-bench --bin forward_time
 "$bin/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$per_label" \
     --queries-per-label 1 > /dev/null
 start_server

@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lookalike-target}"
 if [[ "${1:-}" == "--tiny" ]]; then
     # The smoke run (scripts/test.sh runs it) uses the dev build the tests already made.
-    cargo build --quiet --locked --bin lookalike-experiment
+    cargo build --quiet --locked -p lookalike-bench --bin lookalike-experiment
     exec "$CARGO_TARGET_DIR/debug/lookalike-experiment" --out bench/out/experiment-tiny "$@"
 fi
-cargo build --quiet --release --bin lookalike-experiment
+cargo build --quiet --release -p lookalike-bench --bin lookalike-experiment
 exec "$CARGO_TARGET_DIR/release/lookalike-experiment" "$@"

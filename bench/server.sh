@@ -1,6 +1,6 @@
 # Shared by the bench scripts that measure through a real server; source it
 # after setting `input_size`. Makes a scratch folder ($work, removed at exit),
-# builds the binaries into $bin (`built` adds more, e.g. an example; BENCH_PROFILE below), then
+# builds the binaries into $bin (the service and the `lookalike-data` dataset maker; `built` adds more, e.g. a bench tool; BENCH_PROFILE below), then
 # `start_server` runs `lookalike serve` on a random port with its data in
 # $work and sets $url once /readyz answers.
 # LOOKALIKE_WEIGHTS points the server at weights other than the fetched ones.
@@ -32,7 +32,7 @@ for line in open(sys.argv[1]):
 # debug assertions), so a smoke run needs no second build.
 profile_args=()
 if [[ "${BENCH_PROFILE:-dev}" == release ]]; then profile_args=(--release); fi
-built --bins
+built -p lookalike -p lookalike-bench --bin lookalike --bin lookalike-data
 bin="$work/bin"
 
 start_server() {

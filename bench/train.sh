@@ -12,7 +12,7 @@
 #                    images that the mining experiment caches
 #   last block+head  the same step with Lite0's last MBConv block and head convolution trained too
 #                    (train::tail), on the activations entering that block for 1,000 images
-# examples/train_bench.rs times lookalike and writes the initial weights, inputs and batches to
+# bench/src/bin/train_bench.rs times lookalike and writes the initial weights, inputs and batches to
 # $BENCH_DATA/<part>; bench/train/peer.py runs the torch step on them; bench/train/table.py prints
 # the table. Raw JSON lines: bench/out/train.jsonl (--tiny: bench/out/train-tiny.jsonl).
 # --tiny: 200 / 100 images and a few steps, the dev build, for CI (seconds after the build).
@@ -44,14 +44,14 @@ bash scripts/test-assets.sh > /dev/null
 
 if $tiny; then
     # The dev profile (optimised too, see Cargo.toml) the test suite has already built.
-    cargo build --quiet --example train_bench
-    bench_bin="$CARGO_TARGET_DIR/debug/examples/train_bench"
+    cargo build --quiet -p lookalike-bench --bin train_bench
+    bench_bin="$CARGO_TARGET_DIR/debug/train_bench"
     results="$out/train-tiny.jsonl"
     head_args=(--per-label 20 --warmup 2 --steps 10)
     tail_args=(--per-label 10 --warmup 2 --steps 5)
 else
-    cargo build --quiet --release --example train_bench
-    bench_bin="$CARGO_TARGET_DIR/release/examples/train_bench"
+    cargo build --quiet --release -p lookalike-bench --bin train_bench
+    bench_bin="$CARGO_TARGET_DIR/release/train_bench"
     results="$out/train.jsonl"
     head_args=(--per-label 0 --warmup 50 --steps "${HEAD_STEPS:-1000}")
     tail_args=(--per-label "${TAIL_PER_LABEL:-100}" --warmup 10 --steps "${TAIL_STEPS:-200}")

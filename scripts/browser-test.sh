@@ -10,7 +10,7 @@ if ! command -v chromium > /dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
-cargo build --quiet --locked --bins
+cargo build --quiet --locked -p lookalike -p lookalike-bench --bin lookalike --bin lookalike-data
 bin="$CARGO_TARGET_DIR/debug"
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT

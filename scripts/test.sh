@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the test assets (weights, photos, Fashion-MNIST)
-# when missing, runs every Rust test, then the web pages' tests in a real
-# headless Chromium, then schemathesis against the OpenAPI document. README.md
-# and .ci/run both call this.
+# when missing, runs every Rust test of the workspace (the service, bench/, crates/), then the
+# web pages' tests in a real headless Chromium, then schemathesis against the OpenAPI document.
+# README.md and .ci/run both call this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-assets.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --all-targets --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log"
 bash scripts/browser-test.sh 2>&1 | tee -a "$log"
 bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
 # Benchmarks are not tests, but they must keep working: each runs once on a tiny input.

@@ -12,8 +12,6 @@ pub mod config;
 pub mod db;
 pub mod embedder;
 pub mod error;
-pub mod experiment;
-pub mod fashion_mnist;
 pub mod feature_cache;
 pub mod generation;
 pub mod http;

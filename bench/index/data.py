@@ -3,8 +3,8 @@
 Every engine in bench/index.sh reads the same three files from the output directory, so
 they index the same vectors, answer the same queries and are scored against the same truth:
 
-  base.f32, queries.f32  L2-normalised rows in lookalike's feature cache format
-                         (src/experiment/features.rs): b"LKFEAT01", rows and dim as u64
+  base.f32, queries.f32  L2-normalised rows in the benches' feature matrix format
+                         (bench/feature_matrix.py): b"LKFEAT01", rows and dim as u64
                          little-endian, then the rows as little-endian f32
   truth.knn              b"LKKNN001", rows and k as u64 little-endian, then each query's k
                          nearest base rows (largest inner product first) as u32
@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-VECTORS_MAGIC = b"LKFEAT01"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import feature_matrix  # noqa: E402  (bench/feature_matrix.py)
+
 TRUTH_MAGIC = b"LKKNN001"
 # Neighbours kept per query: recall@10 needs 10.
 TRUTH_K = 10
@@ -37,18 +39,6 @@ GENERATE_BLOCK = 100_000
 def normalised(rows):
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def read_vectors(path):
-    with open(path, "rb") as f:
-        header = f.read(24)
-    if header[:8] != VECTORS_MAGIC:
-        sys.exit(f"{path} is not a feature cache")
-    rows, dim = np.frombuffer(header[8:], dtype="<u8")
-    data = np.fromfile(path, dtype="<f4", offset=24)
-    if data.size != rows * dim:
-        sys.exit(f"{path} is truncated")
-    return data.reshape(int(rows), int(dim))
 
 
 def write_table(path, magic, table, dtype):
@@ -99,8 +89,8 @@ def main():
     args = parser.parse_args()
 
     if args.source == "fashion":
-        base = normalised(read_vectors(args.train))
-        queries = normalised(read_vectors(args.test)[: args.queries])
+        base = normalised(feature_matrix.read(args.train))
+        queries = normalised(feature_matrix.read(args.test)[: args.queries])
     else:
         rng = np.random.default_rng(args.seed)
         centres = normalised(rng.standard_normal((args.clusters, args.dim), dtype=np.float32))
@@ -108,8 +98,8 @@ def main():
         queries = mixture(rng, centres, args.queries, args.spread)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    write_table(args.out / "base.f32", VECTORS_MAGIC, base, "<f4")
-    write_table(args.out / "queries.f32", VECTORS_MAGIC, queries, "<f4")
+    feature_matrix.write(args.out / "base.f32", base)
+    feature_matrix.write(args.out / "queries.f32", queries)
     write_table(args.out / "truth.knn", TRUTH_MAGIC, exact_neighbours(base, queries), "<u4")
     print(f"{args.out}: {base.shape[0]} × {base.shape[1]} base, {len(queries)} queries", file=sys.stderr)
 

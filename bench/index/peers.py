@@ -2,7 +2,7 @@
 
 Usage: peers.py faiss|hnswlib DATA_DIR BUILD_THREADS EF...
 
-Mirrors examples/index_bench.rs field for field so that bench/index.sh can put the engines
+Mirrors bench/src/bin/index_bench.rs field for field so that bench/index.sh can put the engines
 in one table: same files (bench/index/data.py), same HNSW shape (M = 16, so 32 links on
 the bottom layer, ef_construction = 200, as config/default.toml gives lookalike), same
 similarity (inner product on unit vectors: lookalike's 1 − cosine ranks identically), the
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from data import TRUTH_MAGIC, read_vectors  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import feature_matrix  # noqa: E402  (bench/feature_matrix.py)
+from data import TRUTH_MAGIC  # noqa: E402
 
 K = 10
 M = 16
@@ -92,8 +94,8 @@ def main():
         sys.exit(__doc__)
     engine_name, data_dir, build_threads = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     efs = [int(ef) for ef in sys.argv[4:]]
-    base = np.ascontiguousarray(read_vectors(data_dir / "base.f32"))
-    queries = np.ascontiguousarray(read_vectors(data_dir / "queries.f32"))
+    base = np.ascontiguousarray(feature_matrix.read(data_dir / "base.f32"))
+    queries = np.ascontiguousarray(feature_matrix.read(data_dir / "queries.f32"))
     truth = read_truth(data_dir / "truth.knn")[:, :K]
 
     engine = ENGINES[engine_name](base.shape[1], build_threads)

@@ -2,7 +2,7 @@
 
 Usage: peer.py DIR
 
-DIR is what `examples/train_bench.rs` wrote: manifest.json, the initial weights, the input
+DIR is what `bench/src/bin/train_bench.rs` wrote: manifest.json, the initial weights, the input
 rows and the item indices of every batch. This script rebuilds the step in torch from them,
 starting from the same weights and walking the same batches, and prints one JSON line: steps/s
 over the timed steps (after the same warm-up), the first losses, and for the tail the largest
@@ -28,22 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FEATURE_MAGIC = b"LKFEAT01"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import feature_matrix  # noqa: E402  (bench/feature_matrix.py)
+
 MIN_SQUARED_NORM = 1e-12
 MIN_SQUARED_DISTANCE = 1e-6
 REPORTED_LOSSES = 20
-
-
-def read_lkfeat(path):
-    with open(path, "rb") as f:
-        header = f.read(24)
-    if header[:8] != FEATURE_MAGIC:
-        sys.exit(f"{path} is not a feature cache")
-    rows, dim = np.frombuffer(header[8:], dtype="<u8")
-    data = np.fromfile(path, dtype="<f4", offset=24)
-    if data.size != rows * dim:
-        sys.exit(f"{path} is truncated")
-    return data.reshape(int(rows), int(dim))
 
 
 def read_raw(path, dtype, shape):
@@ -109,7 +99,7 @@ def main():
     labels = torch.from_numpy(np.fromfile(out / m["labels"], dtype="<u4").astype(np.int64))
     batches = torch.from_numpy(read_raw(out / m["batches"]["file"], "<u4", m["batches"]["shape"]).astype(np.int64))
     weights = {w["name"]: read_raw(out / w["file"], "<f4", w["shape"]).copy() for w in m["weights"]}
-    inputs = torch.from_numpy(read_lkfeat(m["inputs"]["file"]))
+    inputs = torch.from_numpy(feature_matrix.read(m["inputs"]["file"]))
     head = torch.nn.Linear(*weights["head.weight"].shape[::-1])
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weights["head.weight"]))

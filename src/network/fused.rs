@@ -2,7 +2,7 @@
 //! convolutions as one `gemm` call each, with bias, residual and ReLU6 folded
 //! around it, and the stem convolution computed directly into channels-last.
 //!
-//! Why: profiled at 224 px (`perf record` on `examples/embed_bench`), candle's
+//! Why: profiled at 224 px (`perf record` on the `embed_bench` bench tool), candle's
 //! path for these spent about a fifth of the forward pass outside arithmetic:
 //! the stem's im2col (a scalar gather) and its NCHW→NHWC copy, zero-filled
 //! matmul outputs, then separate passes for bias, activation and the residual

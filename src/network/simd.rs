@@ -4,7 +4,7 @@
 //! Both compute `out[j] = act(bias[j] + Σ over taps …)` for every channel `j` of
 //! one pixel, keeping the sums of a block of channels in registers across all
 //! taps. The compiler did not do this on its own from the plain loops (it kept
-//! 32 scalar sums, `perf annotate` on `examples/embed_bench`), hence the
+//! 32 scalar sums, `perf annotate` on the `embed_bench` bench tool), hence the
 //! intrinsics. The project is built for baseline x86-64, so each copy is
 //! selected by [`Simd::detect`] and entered through `unsafe` calls that rely on
 //! that check.

@@ -14,7 +14,7 @@
 //! distances, [`mine`], [`triplet_loss`], one AdamW step over every weight of the tail and head)
 //! on block inputs instead of pooled features. It has no collapse guard and no offline injection.
 //!
-//! Not wired into the finetune job yet: `examples/train_bench.rs` (behind `bench/train.sh`) is its
+//! Not wired into the finetune job yet: `bench/src/bin/train_bench.rs` (behind `bench/train.sh`) is its
 //! only user, to measure training steps/s with the last block trained. A tail owns its weights
 //! ([`Var`]s in its own [`VarMap`]); training updates them in place, so one tail is trained by one
 //! thread at a time.

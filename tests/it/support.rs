@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use fashion_mnist::Split;
 use lookalike::config::Settings;
-use lookalike::fashion_mnist::{self, Split};
 use lookalike::server::Server;
 use serde_json::Value;
 

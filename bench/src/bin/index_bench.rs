@@ -3,13 +3,14 @@
 //! beside faiss and hnswlib (`bench/index/peers.py`) on the same files and prints the
 //! combined table.
 //!
-//! Usage: `cargo run --release --example index_bench -- [--engine native|hnsw_rs] DATA_DIR
-//! BUILD_THREADS EF...` (`native` unless given). Rows are labelled `lookalike` for the
+//! Usage: `cargo run --release -p lookalike-bench --bin index_bench -- [--engine native|hnsw_rs]
+//! DATA_DIR BUILD_THREADS EF...` (`native` unless given). Rows are labelled `lookalike` for the
 //! native engine and `hnsw_rs` for the hnsw_rs one, both behind `VectorIndex`.
 //!
-//! `DATA_DIR` is written by `bench/index/data.py`: `base.f32` and `queries.f32` in the feature
-//! cache format (`LKFEAT01`, rows, dim as u64 little-endian, then the rows as little-endian
-//! f32, already L2-normalised), and `truth.knn` (`LKKNN001`, rows, k as u64, then each query's
+//! `DATA_DIR` is written by `bench/index/data.py`: `base.f32` and `queries.f32` in the benches'
+//! feature matrix format (`lookalike_bench::experiment::features`, `bench/feature_matrix.py`:
+//! `LKFEAT01`, rows, dim as u64 little-endian, then the rows as little-endian f32, already
+//! L2-normalised), and `truth.knn` (`LKKNN001`, rows, k as u64, then each query's
 //! exact nearest base rows as u32, nearest first). A base row's id is its row number.
 //!
 //! What is timed, and why it is like for like with the peers:
@@ -179,7 +180,8 @@ fn read_header(reader: &mut impl Read, magic: &[u8; 8], path: &Path) -> anyhow::
     Ok((word(8)?, word(16)?))
 }
 
-/// The rows of a vectors file, read row by row so that peak memory holds them once.
+/// The rows of a vectors file, read row by row so that peak memory (which this bench reports)
+/// holds them once; `features::read_cache` would hold the file's bytes beside them.
 fn read_vectors(path: &Path) -> anyhow::Result<(usize, Vec<Vec<f32>>)> {
     let mut reader = BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?);
     let (rows, dim) = read_header(&mut reader, VECTORS_MAGIC, path)?;

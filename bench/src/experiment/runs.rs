@@ -17,9 +17,9 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use serde::Serialize;
 
-use crate::train::retrieval::Metrics;
-use crate::train::retrieval::{self, RetrievalReport};
-use crate::train::{EmbeddingHead, Mining, PkSampler, PkShape, StepReport, TrainError, TrainParams, train_head};
+use lookalike::train::retrieval::Metrics;
+use lookalike::train::retrieval::{self, RetrievalReport};
+use lookalike::train::{EmbeddingHead, Mining, PkSampler, PkShape, StepReport, TrainError, TrainParams, train_head};
 
 /// A way of choosing triplets, as the experiment names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -206,7 +206,7 @@ pub fn run_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::TrainRng;
+    use lookalike::train::TrainRng;
 
     /// `classes` classes of 12 items: a class offset on the first two dimensions plus noise.
     fn clustered(classes: usize, seed: u64, dim: usize) -> (Vec<f32>, Vec<u32>) {

@@ -4,7 +4,10 @@
 //! (`/usr/share/datasets/fashion-mnist/`), picking label-balanced subsets, and writing them
 //! out in the shapes the service ingests: a catalogue zip laid out folder-per-label and a
 //! query folder. Tests, demos and benchmarks all go through here (and through the
-//! `lookalike-data` binary), so they see the same images under the same names.
+//! `lookalike-data` binary of `bench/`), so they see the same images under the same names.
+//! It is a crate of its own, depending on nothing of lookalike's, so that both the service's
+//! integration tests (a dev-dependency) and the bench crate (which depends on the service)
+//! can use it without a dependency cycle.
 //!
 //! Everything here is plain synchronous I/O on values the caller owns: call it from a
 //! blocking context; separate calls share nothing and may run on different threads.

@@ -6,7 +6,7 @@
 //!    set) and the 10,000 official test images (the queries) through the server's image path,
 //!    cached on disk ([`features`]);
 //! 2. baseline: the test images search the catalogue with the raw 1280-d features, exactly
-//!    ([`crate::train::retrieval`], MAP@R with the true R = 6,000);
+//!    ([`lookalike::train::retrieval`], MAP@R with the true R = 6,000);
 //! 3. offline mining ([`mine_offline`]) on the catalogue features with default parameters (above
 //!    10,000 items its thresholds and negatives come from a seeded subset of 10,000; hard
 //!    positives are mined for every catalogue item, within its label);
@@ -31,10 +31,10 @@ use anyhow::Context;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::fashion_mnist::{self, Sample, Split};
-use crate::network::EmbeddingModel;
-use crate::train::retrieval::{self, RetrievalReport};
-use crate::train::{MinedPairs, OfflineMiningParams, TrainParams, mine_offline};
+use fashion_mnist::{self, Sample, Split};
+use lookalike::network::EmbeddingModel;
+use lookalike::train::retrieval::{self, RetrievalReport};
+use lookalike::train::{MinedPairs, OfflineMiningParams, TrainParams, mine_offline};
 use runs::{Mode, RunData, RunResult};
 
 /// Modes repeated with [`ExperimentConfig::extra_seeds`].
@@ -104,9 +104,9 @@ impl ExperimentConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct OfflineSummary {
     pub params: OfflineMiningParams,
-    pub thresholds: crate::train::Thresholds,
-    pub stats: crate::train::MiningStats,
-    pub histogram: crate::train::DistanceHistogram,
+    pub thresholds: lookalike::train::Thresholds,
+    pub stats: lookalike::train::MiningStats,
+    pub histogram: lookalike::train::DistanceHistogram,
     pub hard_positive_pairs: usize,
     pub hard_negative_pairs: usize,
     /// Anchors with an injected positive (each anchor's hardest mined positive).

@@ -14,7 +14,7 @@ use anyhow::Context;
 
 use super::ExperimentResults;
 use super::runs::{Outcome, RunResult};
-use crate::train::retrieval::Metrics;
+use lookalike::train::retrieval::Metrics;
 
 /// CPU model (from `/proc/cpuinfo` where readable) and the cores available to this process.
 pub fn machine_description() -> String {

@@ -10,6 +10,16 @@
 //! [`MAGIC`], the row count and the dimension (u64 little-endian), then the rows as little-endian
 //! `f32`. The model id changes with the weights, so stale features are never read. Files are
 //! written beside their final name and renamed, so an interrupted run leaves no half file.
+//!
+//! Why not the service's [`lookalike::feature_cache::FeatureCache`]: that one is keyed by item
+//! seq, append-only (a dataset grows item by item and a crash may tear the last record), and its
+//! files do not carry their dimension (the backbone in the file name implies it); readers ask for
+//! a set of seqs and get a map. These files are whole matrices written once, in sample order, and
+//! they are also the benches' exchange format: `bench/index/data.py` turns them into the index
+//! benchmark's data (which `index_bench` reads back in this format) and `bench/train/peer.py` reads
+//! `train_bench`'s inputs in it, both with one `numpy.fromfile` (`bench/feature_matrix.py`). Going
+//! through the service's format would mean passing the dimension to every reader and reordering
+//! rows by seq, for no gain: nothing here appends.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,9 +28,9 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use rayon::prelude::*;
 
-use crate::fashion_mnist::{self, Sample, Split};
-use crate::network::EmbeddingModel;
-use crate::network::preprocess::prepare;
+use fashion_mnist::{self, Sample, Split};
+use lookalike::network::EmbeddingModel;
+use lookalike::network::preprocess::prepare;
 
 /// First bytes of a feature cache file (format version 1).
 const MAGIC: &[u8; 8] = b"LKFEAT01";

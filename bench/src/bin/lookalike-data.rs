@@ -1,6 +1,6 @@
 //! `lookalike-data`: prepares real data sets as files the service and its benchmarks use.
 //!
-//! Owns the command line only; the work is in `lookalike::fashion_mnist`. A one-shot,
+//! Owns the command line only; the work is in `fashion_mnist`. A one-shot,
 //! single-threaded tool: run one at a time per output folder.
 //!
 //! ```text
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use lookalike::fashion_mnist::{self, DEFAULT_DIR, LABELS, Sample, Split};
+use fashion_mnist::{self, DEFAULT_DIR, LABELS, Sample, Split};
 
 #[derive(Parser)]
 #[command(name = "lookalike-data", about = "Prepares real data sets for lookalike's tests, demos and benchmarks")]

@@ -2,7 +2,7 @@
 //! at a few input sizes and batch sizes, plus one depthwise layer against
 //! candle's grouped conv2d.
 //!
-//! Usage: `cargo run --release --example forward_time [-- [WEIGHTS.safetensors] [--runs SIZExBATCH,...]]`;
+//! Usage: `cargo run --release -p lookalike-bench --bin forward_time [-- [WEIGHTS.safetensors] [--runs SIZExBATCH,...]]`;
 //! without weights the legacy `.pth` from `$LOOKALIKE_ASSETS` is imported to
 //! a temporary file first. `--runs 224x32` times only those rows (and skips
 //! the depthwise layer), e.g. for `bench/ingest.sh`.

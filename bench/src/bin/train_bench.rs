@@ -30,8 +30,7 @@ use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
-use lookalike::experiment::features::{self, Features};
-use lookalike::fashion_mnist::{self, Sample, Split};
+use fashion_mnist::{self, Sample, Split};
 use lookalike::network::EmbeddingModel;
 use lookalike::network::lite0::{LAST_BLOCK, Lite0};
 use lookalike::network::preprocess::batch_tensor;
@@ -39,6 +38,7 @@ use lookalike::network::preprocess::prepare;
 use lookalike::train::{
     BackboneTail, EmbeddingHead, PkSampler, PkShape, TrainError, TrainParams, train_head, train_tail,
 };
+use lookalike_bench::experiment::features::{self, Features};
 use serde_json::json;
 
 /// The input size the experiment cached its features at.

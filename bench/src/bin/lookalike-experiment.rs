@@ -1,6 +1,6 @@
 //! `lookalike-experiment`: the mining experiment of `docs/EXPERIMENTS.md`, one command.
 //!
-//! Owns the command line only; the protocol is in `lookalike::experiment`. It uses every core and
+//! Owns the command line only; the protocol is in `lookalike_bench::experiment`. It uses every core and
 //! takes minutes (`--tiny`: seconds); run one at a time per cache folder.
 //!
 //! ```text
@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use lookalike::experiment::{self, ExperimentConfig};
+use lookalike_bench::experiment::{self, ExperimentConfig};
 
 #[derive(Parser)]
 #[command(name = "lookalike-experiment", about = "Compares triplet mining modes on Fashion-MNIST")]

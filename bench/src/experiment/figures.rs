@@ -10,8 +10,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::train::plot::{self, Series};
-use crate::train::{DistanceHistogram, Thresholds};
+use lookalike::train::plot::{self, Series};
+use lookalike::train::{DistanceHistogram, Thresholds};
 
 /// File name of the offline distance histogram figure.
 pub const HISTOGRAM_PNG: &str = "distance-histogram.png";
