@@ -1,5 +1,6 @@
 //! Tests of offline mining against a naive enumeration of every pair, on seeded clustered embeddings.
 
+use super::kernels::{dot, dot4, has_avx, unit_distance};
 use super::*;
 use crate::train::{PkSampler, PkShape};
 
