@@ -20,6 +20,7 @@ pub mod http;
 pub mod index;
 pub mod jobs;
 pub mod network;
+pub mod rng;
 pub mod server;
 pub mod state;
 pub mod storage;

@@ -46,7 +46,7 @@
 //! (N = 10,000 is 10⁸ distances).
 //!
 //! Above it, the all-pairs part is what does not scale (N = 60,000 is 3.6·10⁹ distances, nearly
-//! all of them negative), so a uniform subset of `max_exact_items` items drawn with [`TrainRng`]
+//! all of them negative), so a uniform subset of `max_exact_items` items drawn with [`SeededRng`]
 //! from `seed` stands in for the catalogue for everything but the positives: the thresholds, the
 //! histogram, the [`MiningStats`] distances and the hard negatives are over the subset's pairs
 //! (anchors and candidates are its items; indices still refer to the full item list).
@@ -92,7 +92,7 @@ use self::scan::BlockScan;
 use self::scan::scan_block;
 #[cfg(target_arch = "x86_64")]
 use self::scan::scan_block_avx;
-use super::rng::TrainRng;
+use crate::rng::SeededRng;
 
 /// Fine bins over `[0, 2]` from which the quantile thresholds are read (bin width ≈ 0.001).
 pub const QUANTILE_BINS: usize = 4096;
@@ -349,7 +349,7 @@ fn validate(
 fn mined_items(count: usize, params: &OfflineMiningParams) -> Vec<usize> {
     let mut items: Vec<usize> = (0..count).collect();
     if count > params.max_exact_items {
-        TrainRng::new(params.seed).shuffle(&mut items);
+        SeededRng::new(params.seed).shuffle(&mut items);
         items.truncate(params.max_exact_items);
         items.sort_unstable();
     }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::kernels::{dot4, has_avx, keep_best};
 use super::{OfflineMiningParams, POSITIVE_BLOCK, POSITIVE_STREAM};
-use crate::train::rng::TrainRng;
+use crate::rng::SeededRng;
 
 /// One anchor's best candidates `(distance, item)`, best first.
 type Best = Vec<(f32, usize)>;
@@ -41,7 +41,7 @@ pub(super) fn mine_all_positives(
             if candidates.len() > params.max_positive_scan_items {
                 capped_labels += 1;
                 let stream = POSITIVE_STREAM ^ u64::from(*label).rotate_left(32);
-                TrainRng::for_stream(params.seed, stream).shuffle(&mut candidates);
+                SeededRng::for_stream(params.seed, stream).shuffle(&mut candidates);
                 candidates.truncate(params.max_positive_scan_items);
                 candidates.sort_unstable();
             }
