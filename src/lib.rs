@@ -9,6 +9,7 @@ pub mod archive;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod db;
 pub mod embedder;
 pub mod error;

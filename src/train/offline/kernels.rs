@@ -3,14 +3,7 @@
 
 /// Whether the 8-lane sums of [`dot`] and [`dot4`] can run as single AVX instructions.
 pub(super) fn has_avx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::features().avx
 }
 
 /// Inserts `entry` into the best-first `list` of at most `capacity` entries. Candidates arrive in
