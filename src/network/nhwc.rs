@@ -85,14 +85,7 @@ fn activate(v: &mut [f32], relu6: bool) {
 
 /// Whether the AVX2+FMA copies of the kernels can run on this CPU.
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::features().avx2_fma
 }
 
 /// Rows of `c` channels: `rows[i] = act(rows[i] + bias)`.

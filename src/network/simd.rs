@@ -23,18 +23,16 @@ pub(crate) enum Simd {
 }
 
 impl Simd {
+    /// From [`crate::cpu::features`]: AVX-512 needs AVX2+FMA as well (its copy uses both).
     pub(crate) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx2") && has!("fma") {
-                return Simd::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return Simd::Avx2;
-            }
+        let cpu = crate::cpu::features();
+        if cpu.avx512f && cpu.avx2_fma {
+            Simd::Avx512
+        } else if cpu.avx2_fma {
+            Simd::Avx2
+        } else {
+            Simd::Portable
         }
-        Simd::Portable
     }
 }
 

@@ -6,7 +6,7 @@
 //! keys `head.weight` (`out_dim × in_dim`) and `head.bias` (`out_dim`), both when built from a
 //! [`VarBuilder`] and in the safetensors file [`EmbeddingHead::save`] writes.
 //!
-//! [`EmbeddingHead::seeded`] fills a [`VarMap`] from a [`TrainRng`] instead of candle's global
+//! [`EmbeddingHead::seeded`] fills a [`VarMap`] from a [`SeededRng`] instead of candle's global
 //! generator, so that a training run is a pure function of its seed. A head is immutable once
 //! built (training changes its weights only through the `Var`s of its `VarMap`) and can be shared
 //! between threads.
@@ -17,7 +17,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Module, Result, Tensor, Var, bail};
 use candle_nn::{Linear, VarBuilder, VarMap};
 
-use super::rng::TrainRng;
+use crate::rng::SeededRng;
 
 /// Width of the backbone's pooled feature vector: the head's input in production.
 pub const BACKBONE_DIM: usize = 1280;
@@ -51,11 +51,11 @@ impl EmbeddingHead {
     /// A trainable head whose weights are stored in `varmap` and initialised from `seed`.
     ///
     /// Weights and bias are drawn uniformly from `±1/sqrt(in_dim)` (the usual default for a linear
-    /// layer) with a [`TrainRng`]; the same seed gives bit-identical weights. Any `head.*` entries
+    /// layer) with a [`SeededRng`]; the same seed gives bit-identical weights. Any `head.*` entries
     /// already in `varmap` are replaced.
     pub fn seeded(varmap: &VarMap, in_dim: usize, out_dim: usize, seed: u64, device: &Device) -> Result<Self> {
         let bound = 1.0 / (in_dim.max(1) as f32).sqrt();
-        let mut rng = TrainRng::new(seed);
+        let mut rng = SeededRng::new(seed);
         let weight = uniform(&mut rng, out_dim * in_dim, bound);
         let bias = uniform(&mut rng, out_dim, bound);
         {
@@ -128,7 +128,7 @@ impl Module for EmbeddingHead {
 }
 
 /// `count` values uniform in `[-bound, bound)`, from the top 24 bits of each draw (exact in f32).
-fn uniform(rng: &mut TrainRng, count: usize, bound: f32) -> Vec<f32> {
+fn uniform(rng: &mut SeededRng, count: usize, bound: f32) -> Vec<f32> {
     const UNIT: f32 = 1.0 / (1u32 << 24) as f32;
     (0..count).map(|_| ((rng.next_u64() >> 40) as f32 * UNIT * 2.0 - 1.0) * bound).collect()
 }

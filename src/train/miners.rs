@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::rng::TrainRng;
+use crate::rng::SeededRng;
 
 /// Indices into a batch: the loss pulls `positive` towards `anchor` and pushes `negative` away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,7 +147,7 @@ pub fn semi_hard(distances: &[f32], labels: &[u32], margin: f32) -> Result<Vec<T
 /// drawn uniformly with a generator seeded by `seed`. The distances are only checked for shape.
 pub fn random_triplets(distances: &[f32], labels: &[u32], seed: u64) -> Result<Vec<Triplet>, MiningError> {
     let batch = BatchView::new(distances, labels)?;
-    let mut rng = TrainRng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let mut triplets = Vec::with_capacity(labels.len());
     for anchor in 0..labels.len() {
         let positives: Vec<usize> = batch.positives(anchor).collect();

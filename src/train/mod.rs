@@ -8,11 +8,10 @@
 //!   semi-hard, random);
 //! - [`losses`]: the hinge or soft-margin triplet loss over mined triplets, with its [`Reduction`];
 //! - [`sampler`]: P×K batches of item indices, optionally injecting offline-mined positives;
-//! - [`rng`]: the small seeded generator that makes sampling and random mining reproducible;
 //! - [`offline`]: hard positives and negatives mined once from the pretrained model's embeddings of
 //!   the whole training set, with the thresholds and histogram that chose them ([`MinedPairs`]);
 //! - [`head`]: the [`EmbeddingHead`], a linear layer from backbone features to L2-normalised
-//!   embeddings, seeded from [`TrainRng`] and saved as safetensors;
+//!   embeddings, seeded from [`crate::rng::SeededRng`] and saved as safetensors;
 //! - [`params`]: a finetune job's params ([`params::FinetuneParams`]) and the dataset-size rule;
 //! - [`plot`]: PNG charts of a job's artifacts: the mined distance histogram with its thresholds,
 //!   MAP@R lines per mining mode and the loss curve;
@@ -40,7 +39,6 @@ pub mod offline;
 pub mod params;
 pub mod plot;
 pub mod retrieval;
-pub mod rng;
 pub mod sampler;
 pub mod tail;
 pub mod trainer;
@@ -48,6 +46,8 @@ pub mod trainer;
 #[cfg(test)]
 mod tests;
 
+/// The crate's seeded generator under its former name, for callers outside `train`.
+pub use crate::rng::SeededRng as TrainRng;
 pub use adamw::FusedAdamW;
 pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances};
 pub use head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
@@ -56,7 +56,6 @@ pub use miners::{Mining, MiningError, Triplet, batch_all, batch_hard, mine, rand
 pub use offline::{
     DistanceHistogram, MinedPairs, MiningStats, OfflineMiningError, OfflineMiningParams, Thresholds, mine_offline,
 };
-pub use rng::TrainRng;
 pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
 pub use tail::{BackboneTail, train_tail};
 pub use trainer::{

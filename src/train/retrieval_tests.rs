@@ -5,7 +5,7 @@
 //! agree item for item, and the many exact ties exercise the lower-index rule.
 
 use super::*;
-use crate::train::TrainRng;
+use crate::rng::SeededRng;
 
 /// Every gallery item ranked by exact similarity (ties to the lower index), then the metrics
 /// computed from their definitions, without [`MetricsAccumulator`].
@@ -58,7 +58,7 @@ fn brute_force(
 }
 
 /// `count` rows of `dim` small integers in -2..=2.
-fn integer_rows(rng: &mut TrainRng, count: usize, dim: usize) -> Vec<f32> {
+fn integer_rows(rng: &mut SeededRng, count: usize, dim: usize) -> Vec<f32> {
     (0..count * dim).map(|_| (rng.next_u64() % 5) as f32 - 2.0).collect()
 }
 
@@ -76,7 +76,7 @@ fn assert_close(actual: &Metrics, expected: &Metrics) {
 
 #[test]
 fn matches_brute_force_on_random_data_with_ties_rare_labels_and_several_blocks() -> anyhow::Result<()> {
-    let mut rng = TrainRng::new(11);
+    let mut rng = SeededRng::new(11);
     for (dim, gallery_size, query_count) in [(6, 700, QUERY_BLOCK * 2 + 37), (3, 7, 20), (16, 300, 40)] {
         // Labels 0..6 are common; label 6 has few gallery items (R < 10); label 9 has none.
         let gallery_labels: Vec<u32> =

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::rng::TrainRng;
+use crate::rng::SeededRng;
 
 /// The shape of a P×K batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,11 +134,11 @@ impl PkSampler {
 
     /// The batches of epoch number `epoch`, a pure function of the seed and `epoch`.
     pub fn epoch(&self, epoch: u64) -> Vec<PkBatch> {
-        let mut rng = TrainRng::for_stream(self.seed, epoch);
+        let mut rng = SeededRng::for_stream(self.seed, epoch);
         (0..self.batches_per_epoch).map(|_| self.batch(&mut rng)).collect()
     }
 
-    fn batch(&self, rng: &mut TrainRng) -> PkBatch {
+    fn batch(&self, rng: &mut SeededRng) -> PkBatch {
         let k = self.shape.items_per_label;
         let mut picked_groups = Vec::with_capacity(self.shape.labels_per_batch);
         draw_distinct(rng, &self.group_ids, &mut picked_groups, self.shape.labels_per_batch);
@@ -178,7 +178,7 @@ impl PkSampler {
 /// items or every item of `pool` is in it. `chosen` must hold distinct items, all from `pool`.
 /// Rejection sampling: a draw that hits a chosen item is retried, which terminates because an
 /// unchosen item exists; collisions are rare for large pools, and small pools are cheap to retry.
-fn draw_distinct(rng: &mut TrainRng, pool: &[usize], chosen: &mut Vec<usize>, target: usize) {
+fn draw_distinct(rng: &mut SeededRng, pool: &[usize], chosen: &mut Vec<usize>, target: usize) {
     debug_assert!(chosen.iter().all(|item| pool.contains(item)));
     let mut missing = target.saturating_sub(chosen.len()).min(pool.len() - chosen.len());
     while missing > 0 {

@@ -31,11 +31,11 @@ use super::distance::{distances_to_vec, pairwise_distances};
 use super::head::EmbeddingHead;
 use super::losses::triplet_loss;
 use super::miners::mine;
-use super::rng::TrainRng;
 use super::sampler::{PkSampler, PkShape};
 use super::trainer::{TrainError, TrainParams};
 use crate::network::depthwise::{Padding, depthwise_conv2d};
 use crate::network::lite0::TailWeights;
+use crate::rng::SeededRng;
 
 /// Upper clamp of ReLU6.
 const RELU6_MAX: f64 = 6.0;
@@ -223,7 +223,7 @@ pub fn train_tail(
     let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
     let mut optimizer = FusedAdamW::new(tail.varmap.all_vars(), adamw)?;
     let mining = params.mining;
-    let mut mining_seeds = TrainRng::for_stream(params.seed, MINING_STREAM);
+    let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
     let device = Device::Cpu;
     let mut losses = Vec::new();
     for epoch in 0..params.epochs {

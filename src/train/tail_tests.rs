@@ -12,7 +12,7 @@ const FEATURES: usize = 5;
 const EMBEDDING: usize = 3;
 const KERNEL: usize = 3;
 
-fn uniform(rng: &mut TrainRng, shape: &[usize], scale: f32) -> Result<Tensor> {
+fn uniform(rng: &mut SeededRng, shape: &[usize], scale: f32) -> Result<Tensor> {
     let count = shape.iter().product();
     let values: Vec<f32> =
         (0..count).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.3) * scale).collect();
@@ -21,7 +21,7 @@ fn uniform(rng: &mut TrainRng, shape: &[usize], scale: f32) -> Result<Tensor> {
 
 /// Small weights in the layouts of [`TailWeights`]; biases lean positive so ReLU6 passes most.
 fn tiny_weights(seed: u64) -> Result<TailWeights> {
-    let mut rng = TrainRng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let mut folded = |weight: &[usize], channels: usize| -> Result<FoldedWeights> {
         Ok(FoldedWeights { weight: uniform(&mut rng, weight, 1.0)?, bias: uniform(&mut rng, &[channels], 1.0)? })
     };
@@ -58,13 +58,13 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 #[test]
 fn forward_and_gradients_match_candle_conv2d() -> Result<()> {
     let tail = BackboneTail::new(&tiny_weights(1)?, EMBEDDING, 2)?;
-    let x = uniform(&mut TrainRng::new(3), &[2, 4, 3, C_IN], 2.0)?;
+    let x = uniform(&mut SeededRng::new(3), &[2, 4, 3, C_IN], 2.0)?;
     let (ours, theirs) = (tail.features(&x)?, reference_features(&tail, &x)?);
     assert_eq!(ours.dims(), &[2, FEATURES]);
     assert!(max_abs_diff(&ours, &theirs)? < 1e-5);
 
     // A random linear loss of the embeddings, so every output has its own weight.
-    let r = uniform(&mut TrainRng::new(4), &[2, EMBEDDING], 1.0)?;
+    let r = uniform(&mut SeededRng::new(4), &[2, EMBEDDING], 1.0)?;
     let ours = (tail.forward(&x)? * &r)?.sum_all()?.backward()?;
     let theirs = (tail.head().forward(&reference_features(&tail, &x)?)? * &r)?.sum_all()?.backward()?;
     for (name, weight) in tail.named_weights() {
@@ -83,8 +83,8 @@ fn training_lowers_the_loss_and_changes_only_its_own_copy() -> Result<()> {
     let tail = BackboneTail::new(&weights, EMBEDDING, 6)?;
     // Four labels of eight items; each label shifts its inputs its own way.
     let labels: Vec<u32> = (0..32).map(|i| i / 8).collect();
-    let noise = uniform(&mut TrainRng::new(7), &[32, 2, 2, C_IN], 1.0)?;
-    let centres = uniform(&mut TrainRng::new(8), &[4, 1, 1, C_IN], 4.0)?;
+    let noise = uniform(&mut SeededRng::new(7), &[32, 2, 2, C_IN], 1.0)?;
+    let centres = uniform(&mut SeededRng::new(8), &[4, 1, 1, C_IN], 4.0)?;
     let label_index = Tensor::new(labels.clone(), &Device::Cpu)?;
     let inputs = noise.add(&centres.index_select(&label_index, 0)?.broadcast_as((32, 2, 2, C_IN))?)?;
     let params = TrainParams {

@@ -4,6 +4,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::*;
+use crate::rng::SeededRng;
 
 const ROWS: usize = 12;
 const DIMS: usize = 4;
@@ -13,13 +14,13 @@ const SEEDS: std::ops::Range<u64> = 0..6;
 /// Label sizes 5, 3, 3 and 1 (label 3 can only ever be a negative), shuffled by `seed`.
 fn labels(seed: u64) -> Vec<u32> {
     let mut labels = vec![0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3];
-    TrainRng::new(seed ^ 0xA5A5).shuffle(&mut labels);
+    SeededRng::new(seed ^ 0xA5A5).shuffle(&mut labels);
     labels
 }
 
 /// `rows` random unit vectors of `DIMS` dimensions.
 fn unit_rows(seed: u64, rows: usize) -> Vec<f32> {
-    let mut rng = TrainRng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let mut values = Vec::with_capacity(rows * DIMS);
     for _ in 0..rows {
         let row: Vec<f32> = (0..DIMS).map(|_| (rng.below(2001) as f32 - 1000.0) / 1000.0).collect();

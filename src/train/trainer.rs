@@ -22,7 +22,7 @@
 //! # Reproducibility
 //!
 //! Training runs on the CPU, single-threaded in its own logic, and every random choice (head
-//! initialisation, batches, random mining) comes from [`TrainRng`] streams of `seed`: the same
+//! initialisation, batches, random mining) comes from [`SeededRng`] streams of `seed`: the same
 //! features, labels, mined pairs and parameters give bit-identical losses and weights.
 
 use std::collections::{HashMap, VecDeque};
@@ -37,8 +37,8 @@ use super::distance::{distances_to_vec, pairwise_distances};
 use super::head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
 use super::losses::triplet_loss;
 use super::miners::{Mining, MiningError, mine};
-use super::rng::TrainRng;
 use super::sampler::{PkSampler, PkShape, SamplerError};
+use crate::rng::SeededRng;
 
 /// Steps over which the collapse guard looks (see the module docs).
 pub const COLLAPSE_WINDOW: usize = 50;
@@ -111,7 +111,7 @@ impl TrainParams {
     /// The seed [`train_head`] gives [`EmbeddingHead::seeded`]: with it a caller can rebuild the
     /// untrained head (to measure step 0) without running a step.
     pub fn head_init_seed(&self) -> u64 {
-        TrainRng::for_stream(self.seed, HEAD_INIT_STREAM).next_u64()
+        SeededRng::for_stream(self.seed, HEAD_INIT_STREAM).next_u64()
     }
 }
 
@@ -200,7 +200,7 @@ pub fn train_head(
     let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
     let mut optimizer = FusedAdamW::new(varmap.all_vars(), adamw)?;
     let mining = params.effective_mining();
-    let mut mining_seeds = TrainRng::for_stream(params.seed, MINING_STREAM);
+    let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
     let mut guard = CollapseGuard::new(params);
     let mut losses = Vec::new();
 

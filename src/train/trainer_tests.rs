@@ -18,15 +18,15 @@ const WITHIN_CLASS_STD: f32 = 0.15;
 const ITEMS_PER_CLASS: usize = 8;
 
 /// A standard normal draw (Box–Muller).
-fn normal(rng: &mut TrainRng) -> f32 {
-    let uniform = |rng: &mut TrainRng| ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+fn normal(rng: &mut SeededRng) -> f32 {
+    let uniform = |rng: &mut SeededRng| ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let (u, v) = (uniform(rng), uniform(rng));
     ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
 }
 
 /// `classes` classes of `ITEMS_PER_CLASS` items, labelled from `first_label`.
 fn dataset(classes: usize, first_label: u32, seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = TrainRng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     for class in 0..classes {
         let centroid: Vec<f32> = (0..SIGNAL_DIMS).map(|_| normal(&mut rng) * CENTROID_STD).collect();

@@ -46,7 +46,7 @@
 //! (N = 10,000 is 10⁸ distances).
 //!
 //! Above it, the all-pairs part is what does not scale (N = 60,000 is 3.6·10⁹ distances, nearly
-//! all of them negative), so a uniform subset of `max_exact_items` items drawn with [`TrainRng`]
+//! all of them negative), so a uniform subset of `max_exact_items` items drawn with [`SeededRng`]
 //! from `seed` stands in for the catalogue for everything but the positives: the thresholds, the
 //! histogram, the [`MiningStats`] distances and the hard negatives are over the subset's pairs
 //! (anchors and candidates are its items; indices still refer to the full item list).
@@ -67,13 +67,32 @@
 //!
 //! [`mine_offline`] is pure and deterministic: the same inputs and seed give the same result,
 //! whatever the number of threads (blocks are merged in order).
+//!
+//! The files: `scan` (one block of anchors against every mined item: counts and extremes),
+//! `positives` (the hard positives of every item above `max_exact_items`), `bins` (quantiles,
+//! the display histogram, the valley) and `kernels` (the dot products and the best-first lists
+//! both scans share).
+
+mod bins;
+mod kernels;
+mod positives;
+mod scan;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::rng::TrainRng;
+use self::bins::{display_histogram, fine_edge, quantile_bin, valley};
+use self::kernels::has_avx;
+use self::positives::mine_all_positives;
+use self::scan::BlockScan;
+use self::scan::scan_block;
+#[cfg(target_arch = "x86_64")]
+use self::scan::scan_block_avx;
+use crate::rng::SeededRng;
 
 /// Fine bins over `[0, 2]` from which the quantile thresholds are read (bin width ≈ 0.001).
 pub const QUANTILE_BINS: usize = 4096;
@@ -83,9 +102,9 @@ pub const ANCHOR_BLOCK: usize = 32;
 /// unit of parallel work small enough to spread 6,000-item labels over the threads.
 pub const POSITIVE_BLOCK: usize = 64;
 /// Stream of `seed` from which a capped label's positive candidates are drawn (the label is mixed in).
-const POSITIVE_STREAM: u64 = 0x706f_7369;
+pub(super) const POSITIVE_STREAM: u64 = 0x706f_7369;
 /// The largest distance between two unit vectors.
-const MAX_DISTANCE: f32 = 2.0;
+pub(super) const MAX_DISTANCE: f32 = 2.0;
 
 /// The knobs of offline mining; `{}` in JSON gives the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,340 +349,9 @@ fn validate(
 fn mined_items(count: usize, params: &OfflineMiningParams) -> Vec<usize> {
     let mut items: Vec<usize> = (0..count).collect();
     if count > params.max_exact_items {
-        TrainRng::new(params.seed).shuffle(&mut items);
+        SeededRng::new(params.seed).shuffle(&mut items);
         items.truncate(params.max_exact_items);
         items.sort_unstable();
     }
     items
 }
-
-/// One anchor's best candidates `(distance, item)`, best first.
-type Best = Vec<(f32, usize)>;
-
-/// Hard positives of every item, and how many labels had their candidates capped.
-struct AllPositives {
-    pairs: Vec<(usize, usize)>,
-    capped_labels: usize,
-}
-
-/// The hard positives of every item (the rule with threshold `t_pos`), by anchor ascending.
-fn mine_all_positives(
-    embeddings: &[f32],
-    dim: usize,
-    labels: &[u32],
-    t_pos: f32,
-    params: &OfflineMiningParams,
-) -> AllPositives {
-    let mut by_label: HashMap<u32, Vec<usize>> = HashMap::new();
-    for (item, &label) in labels.iter().enumerate() {
-        by_label.entry(label).or_default().push(item);
-    }
-    let mut groups: Vec<(u32, Vec<usize>)> = by_label.into_iter().filter(|(_, items)| items.len() >= 2).collect();
-    groups.sort_unstable_by_key(|&(label, _)| label);
-    let mut capped_labels = 0;
-    // (anchors, candidates) per label; both ascending.
-    let work: Vec<(&[usize], Vec<usize>)> = groups
-        .iter()
-        .map(|(label, items)| {
-            let mut candidates = items.clone();
-            if candidates.len() > params.max_positive_scan_items {
-                capped_labels += 1;
-                let stream = POSITIVE_STREAM ^ u64::from(*label).rotate_left(32);
-                TrainRng::for_stream(params.seed, stream).shuffle(&mut candidates);
-                candidates.truncate(params.max_positive_scan_items);
-                candidates.sort_unstable();
-            }
-            (items.as_slice(), candidates)
-        })
-        .collect();
-    let blocks: Vec<(&[usize], &[usize])> = work
-        .iter()
-        .flat_map(|(anchors, candidates)| {
-            anchors.chunks(POSITIVE_BLOCK).map(move |block| (block, candidates.as_slice()))
-        })
-        .collect();
-    let avx = has_avx();
-    let found: Vec<Vec<(usize, Best)>> = blocks
-        .par_iter()
-        .map(|&(block, candidates)| {
-            #[cfg(target_arch = "x86_64")]
-            if avx {
-                // SAFETY: the CPU supports AVX (checked by `has_avx`).
-                return unsafe { farthest_positives_avx(block, candidates, embeddings, dim, t_pos, params) };
-            }
-            let _ = avx;
-            farthest_positives(block, candidates, embeddings, dim, t_pos, params)
-        })
-        .collect();
-    let mut per_anchor: Vec<(usize, Best)> = found.into_iter().flatten().collect();
-    // Blocks come label by label; each anchor appears once, so this orders the pairs by anchor.
-    per_anchor.sort_unstable_by_key(|&(anchor, _)| anchor);
-    let pairs = per_anchor
-        .into_iter()
-        .flat_map(|(anchor, farthest)| farthest.into_iter().map(move |(_, item)| (anchor, item)))
-        .collect();
-    AllPositives { pairs, capped_labels }
-}
-
-/// Whether the 8-lane sums of [`dot`] and [`dot4`] can run as single AVX instructions.
-fn has_avx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// [`farthest_positives`] compiled for AVX: the same additions and products, lane by lane, so the
-/// same bits (without FMA, which would round differently); the default x86-64 target has only SSE2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn farthest_positives_avx(
-    block: &[usize],
-    candidates: &[usize],
-    embeddings: &[f32],
-    dim: usize,
-    t_pos: f32,
-    params: &OfflineMiningParams,
-) -> Vec<(usize, Best)> {
-    farthest_positives(block, candidates, embeddings, dim, t_pos, params)
-}
-
-/// For each anchor of `block`, its `hard_positives_per_anchor` farthest candidates at distance
-/// `≥ t_pos` (itself excluded), farthest first, ties to the lower index.
-#[inline(always)]
-fn farthest_positives(
-    block: &[usize],
-    candidates: &[usize],
-    embeddings: &[f32],
-    dim: usize,
-    t_pos: f32,
-    params: &OfflineMiningParams,
-) -> Vec<(usize, Best)> {
-    let row = |item: usize| &embeddings[item * dim..(item + 1) * dim];
-    let mut farthest = vec![Vec::new(); block.len()];
-    // Anchors four at a time against one candidate: each candidate value loaded once feeds four
-    // dot products. `dot4` sums in the same order as `dot`, so distances are those of the exact path.
-    for (quad_index, quad) in block.chunks(4).enumerate() {
-        let rows: [&[f32]; 4] = std::array::from_fn(|slot| row(quad[slot.min(quad.len() - 1)]));
-        for &candidate in candidates {
-            let dots = dot4(rows, row(candidate));
-            for (slot, &anchor) in quad.iter().enumerate() {
-                if anchor == candidate {
-                    continue;
-                }
-                let d = (2.0 - 2.0 * dots[slot]).max(0.0).sqrt();
-                if d >= t_pos {
-                    keep_best(
-                        &mut farthest[quad_index * 4 + slot],
-                        (d, candidate),
-                        params.hard_positives_per_anchor,
-                        |a, b| a > b,
-                    );
-                }
-            }
-        }
-    }
-    block.iter().copied().zip(farthest).collect()
-}
-
-/// One block of anchors against every candidate: fine-bin counts, sums, and per-anchor extremes.
-struct BlockScan {
-    anchors: Vec<usize>,
-    positive_bins: Vec<u64>,
-    negative_bins: Vec<u64>,
-    positive_sum: f64,
-    negative_sum: f64,
-    /// Per anchor, its `hard_positives_per_anchor` farthest positives `(distance, item)`, farthest first.
-    farthest_positives: Vec<Vec<(f32, usize)>>,
-    /// Per anchor, its `hard_negatives_per_anchor` nearest negatives, nearest first.
-    nearest_negatives: Vec<Vec<(f32, usize)>>,
-}
-
-/// [`scan_block`] compiled for AVX, with the same bits (see [`farthest_positives_avx`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-fn scan_block_avx(
-    block: &[usize],
-    candidates: &[usize],
-    embeddings: &[f32],
-    dim: usize,
-    labels: &[u32],
-    params: &OfflineMiningParams,
-) -> BlockScan {
-    scan_block(block, candidates, embeddings, dim, labels, params)
-}
-
-#[inline(always)]
-fn scan_block(
-    block: &[usize],
-    candidates: &[usize],
-    embeddings: &[f32],
-    dim: usize,
-    labels: &[u32],
-    params: &OfflineMiningParams,
-) -> BlockScan {
-    let row = |item: usize| &embeddings[item * dim..(item + 1) * dim];
-    let mut scan = BlockScan {
-        anchors: block.to_vec(),
-        positive_bins: vec![0; QUANTILE_BINS],
-        negative_bins: vec![0; QUANTILE_BINS],
-        positive_sum: 0.0,
-        negative_sum: 0.0,
-        farthest_positives: vec![Vec::new(); block.len()],
-        nearest_negatives: vec![Vec::new(); block.len()],
-    };
-    // Candidates in the outer loop: each is read once per block while the block's anchors stay in cache.
-    for &candidate in candidates {
-        let candidate_row = row(candidate);
-        for (slot, &anchor) in block.iter().enumerate() {
-            if anchor == candidate {
-                continue;
-            }
-            let d = unit_distance(row(anchor), candidate_row);
-            if labels[anchor] == labels[candidate] {
-                scan.positive_bins[fine_bin(d)] += 1;
-                scan.positive_sum += f64::from(d);
-                keep_best(
-                    &mut scan.farthest_positives[slot],
-                    (d, candidate),
-                    params.hard_positives_per_anchor,
-                    |a, b| a > b,
-                );
-            } else {
-                scan.negative_bins[fine_bin(d)] += 1;
-                scan.negative_sum += f64::from(d);
-                keep_best(
-                    &mut scan.nearest_negatives[slot],
-                    (d, candidate),
-                    params.hard_negatives_per_anchor,
-                    |a, b| a < b,
-                );
-            }
-        }
-    }
-    scan
-}
-
-/// Inserts `entry` into the best-first `list` of at most `capacity` entries. Candidates arrive in
-/// ascending index order and only a strictly better distance overtakes, so ties keep the lower index.
-fn keep_best(list: &mut Vec<(f32, usize)>, entry: (f32, usize), capacity: usize, better: impl Fn(f32, f32) -> bool) {
-    let position = list.iter().position(|&(d, _)| better(entry.0, d)).unwrap_or(list.len());
-    if position < capacity {
-        list.insert(position, entry);
-        list.truncate(capacity);
-    }
-}
-
-/// Euclidean distance between unit vectors through their dot product.
-#[inline(always)]
-fn unit_distance(a: &[f32], b: &[f32]) -> f32 {
-    (2.0 - 2.0 * dot(a, b)).max(0.0).sqrt()
-}
-
-/// Dot product over eight independent partial sums, so the compiler can vectorise it.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
-    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
-    let mut partial = [0.0f32; LANES];
-    for (x, y) in a_chunks.iter().zip(b_chunks) {
-        for ((sum, p), q) in partial.iter_mut().zip(x).zip(y) {
-            *sum += p * q;
-        }
-    }
-    let rest: f32 = a_rest.iter().zip(b_rest).map(|(p, q)| p * q).sum();
-    partial.iter().sum::<f32>() + rest
-}
-
-/// Four dot products against one vector `b` (all of its length), each summed exactly as [`dot`]
-/// sums it.
-#[inline(always)]
-fn dot4(a: [&[f32]; 4], b: &[f32]) -> [f32; 4] {
-    const LANES: usize = 8;
-    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
-    let split = b_chunks.len() * LANES;
-    // Cut to `b`'s chunk count so that indexing below needs no bounds check.
-    let a_chunks = a.map(|row| &row.as_chunks::<LANES>().0[..b_chunks.len()]);
-    let mut partial = [[0.0f32; LANES]; 4];
-    for (chunk, y) in b_chunks.iter().enumerate() {
-        for (sums, rows) in partial.iter_mut().zip(&a_chunks) {
-            for ((sum, p), q) in sums.iter_mut().zip(&rows[chunk]).zip(y) {
-                *sum += p * q;
-            }
-        }
-    }
-    std::array::from_fn(|slot| {
-        let rest: f32 = a[slot][split..].iter().zip(b_rest).map(|(p, q)| p * q).sum();
-        partial[slot].iter().sum::<f32>() + rest
-    })
-}
-
-fn fine_bin(d: f32) -> usize {
-    ((d * (QUANTILE_BINS as f32 / MAX_DISTANCE)) as usize).min(QUANTILE_BINS - 1)
-}
-
-fn fine_edge(bin: usize) -> f32 {
-    bin as f32 * (MAX_DISTANCE / QUANTILE_BINS as f32)
-}
-
-/// The first fine bin whose cumulative count reaches `max(1, ⌈q·n⌉)` (`bins` holds `n > 0` counts).
-fn quantile_bin(bins: &[u64], q: f32) -> usize {
-    let total: u64 = bins.iter().sum();
-    let target = ((f64::from(q) * total as f64).ceil() as u64).max(1);
-    let mut seen = 0;
-    for (bin, &count) in bins.iter().enumerate() {
-        seen += count;
-        if seen >= target {
-            return bin;
-        }
-    }
-    bins.len() - 1
-}
-
-/// Groups the occupied fine bins into at most `bins` display bins (see the module docs).
-fn display_histogram(positive: &[u64], negative: &[u64], bins: usize) -> DistanceHistogram {
-    let occupied = |bin: &usize| positive[*bin] + negative[*bin] > 0;
-    let low = (0..QUANTILE_BINS).find(occupied).unwrap_or(0);
-    let high = (0..QUANTILE_BINS).rev().find(occupied).unwrap_or(QUANTILE_BINS - 1).max(low);
-    let span = high - low + 1;
-    let groups = bins.min(span);
-    let boundaries: Vec<usize> = (0..=groups).map(|group| low + group * span / groups).collect();
-    let sum_range = |counts: &[u64]| boundaries.windows(2).map(|pair| counts[pair[0]..pair[1]].iter().sum()).collect();
-    DistanceHistogram {
-        bin_edges: boundaries.iter().map(|&bin| fine_edge(bin)).collect(),
-        positive_counts: sum_range(positive),
-        negative_counts: sum_range(negative),
-    }
-}
-
-/// The valley between the positive and negative modes (see the module docs).
-fn valley(histogram: &DistanceHistogram) -> Option<f32> {
-    let mode = |counts: &[u64]| {
-        counts.iter().enumerate().fold(0, |best, (bin, &count)| if count > counts[best] { bin } else { best })
-    };
-    let (positive_mode, negative_mode) = (mode(&histogram.positive_counts), mode(&histogram.negative_counts));
-    if positive_mode >= negative_mode {
-        return None;
-    }
-    let positive_total = histogram.positive_counts.iter().sum::<u64>() as f64;
-    let negative_total = histogram.negative_counts.iter().sum::<u64>() as f64;
-    let edges = &histogram.bin_edges;
-    let density = |bin: usize| {
-        let width = f64::from(edges[bin + 1] - edges[bin]);
-        (histogram.positive_counts[bin] as f64 / positive_total
-            + histogram.negative_counts[bin] as f64 / negative_total)
-            / width
-    };
-    let lowest = (positive_mode..=negative_mode)
-        .fold(positive_mode, |best, bin| if density(bin) < density(best) { bin } else { best });
-    Some((edges[lowest] + edges[lowest + 1]) / 2.0)
-}
-
-#[cfg(test)]
-#[path = "offline_tests.rs"]
-mod tests;

@@ -1,11 +1,12 @@
 //! Tests of offline mining against a naive enumeration of every pair, on seeded clustered embeddings.
 
+use super::kernels::{dot, dot4, has_avx, unit_distance};
 use super::*;
 use crate::train::{PkSampler, PkShape};
 
 /// `labels × per_label` unit vectors around one random unit centre per label; returns (rows, labels).
 fn clustered(labels: u32, per_label: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let mut rng = TrainRng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let mut uniform = move || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
     let mut rows = Vec::new();
     let mut item_labels = Vec::new();
