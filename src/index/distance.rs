@@ -5,7 +5,7 @@
 //!
 //! The dot product is most of a search's time, and the project builds for baseline x86-64
 //! (SSE only), so the compiler alone would never use wider registers. [`dot`] picks, once per
-//! process, the widest kernel the CPU runs (`is_x86_feature_detected!`): AVX-512F, else
+//! process, the widest kernel the CPU runs (`crate::cpu::features`): AVX-512F, else
 //! AVX2 with FMA, else a portable loop the compiler vectorises for the baseline. Each keeps
 //! four independent accumulators so consecutive multiply-adds do not wait on each other.
 //! Distances are clamped to their mathematical range `[0, 2]`: a rounding error on a vector
@@ -44,10 +44,11 @@ pub(crate) fn clamp_distance(raw: f32) -> f32 {
 fn detect() -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        let cpu = crate::cpu::features();
+        if cpu.avx512f {
             return x86::dot_avx512;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if cpu.avx2_fma {
             return x86::dot_avx2;
         }
     }
@@ -155,10 +156,11 @@ mod tests {
         let mut all: Vec<(&'static str, DotFn)> = vec![("portable", dot_portable)];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let cpu = crate::cpu::features();
+            if cpu.avx512f {
                 all.push(("avx512f", x86::dot_avx512));
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if cpu.avx2_fma {
                 all.push(("avx2+fma", x86::dot_avx2));
             }
         }

@@ -138,7 +138,7 @@ impl Graph {
     /// A node's level: `⌊−ln U / ln M⌋` with `U` uniform in (0, 1], drawn from a hash of its
     /// position so that a build is reproducible.
     fn draw_level(&self, position: usize) -> u8 {
-        let bits = splitmix64(position as u64 ^ 0x6c6f_6f6b_616c_696b);
+        let bits = crate::rng::splitmix64(position as u64 ^ 0x6c6f_6f6b_616c_696b);
         let uniform = ((bits >> 11) + 1) as f64 / (1u64 << 53) as f64;
         let level = (-uniform.ln() * self.level_scale).floor();
         if level >= f64::from(MAX_LEVEL) { MAX_LEVEL } else { level as u8 }
@@ -368,11 +368,4 @@ impl Graph {
 
 fn pack_entry(node: u32, level: u8) -> u64 {
     u64::from(level) << 32 | u64::from(node)
-}
-
-fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
