@@ -201,7 +201,6 @@ pub async fn list(State(state): State<AppState>) -> AppResult<Json<DatasetList>>
     security(("bearerAuth" = ["read"])),
     responses(
         (status = 200, description = "The dataset.", body = Dataset),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
     ),
 )]
@@ -232,7 +231,6 @@ pub struct LabelCount {
     security(("bearerAuth" = ["read"])),
     responses(
         (status = 200, description = "The labels of the dataset, sorted, with their item counts.", body = LabelList),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
     ),
 )]
@@ -250,7 +248,6 @@ pub async fn labels(State(state): State<AppState>, AppPath(name): AppPath<String
     security(("bearerAuth" = ["admin"])),
     responses(
         (status = 204, description = "Deleted: the dataset, its items, images, models and indexes are gone; its queued and running jobs are canceled."),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
     ),
 )]

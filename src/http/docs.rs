@@ -46,7 +46,6 @@ pub async fn page() -> Html<&'static str> {
             (String = "text/css"),
             (String = "text/plain"),
         )),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such file. Codes: `not_found`.", body = ErrorBody),
     ),
 )]

@@ -184,7 +184,6 @@ pub async fn list(
     security(("bearerAuth" = ["read"])),
     responses(
         (status = 200, description = "The item.", body = Item),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset or item. Codes: `dataset_not_found`, `item_not_found`.", body = ErrorBody),
     ),
 )]
@@ -204,7 +203,6 @@ pub async fn get(
     security(("bearerAuth" = ["read"])),
     responses(
         (status = 200, description = "The bytes as uploaded, with their content type.", body = [u8], content_type = "image/*"),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset or item. Codes: `dataset_not_found`, `item_not_found`.", body = ErrorBody),
     ),
 )]
@@ -226,7 +224,6 @@ pub async fn image(
     security(("bearerAuth" = ["admin"])),
     responses(
         (status = 204, description = "Deleted; it is never returned by a search again."),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset or item. Codes: `dataset_not_found`, `item_not_found`.", body = ErrorBody),
     ),
 )]

@@ -76,7 +76,6 @@ where
     security(("bearerAuth" = ["read"])),
     responses(
         (status = 200, description = "The job.", body = Job),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such job. Codes: `job_not_found`.", body = ErrorBody),
     ),
 )]
@@ -206,7 +205,6 @@ pub async fn queue_reindex(state: &AppState, dataset: &str, model: &str) -> AppR
     security(("bearerAuth" = ["admin"])),
     responses(
         (status = 202, description = "The job: a queued job is canceled at once, a running one at its next step (so it may still show `running`). A finished job is left as it is.", body = Job),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such job. Codes: `job_not_found`.", body = ErrorBody),
     ),
 )]
@@ -234,7 +232,6 @@ pub async fn cancel(State(state): State<AppState>, AppPath(id): AppPath<String>)
             (Object = "application/json"),
             ([u8] = "application/octet-stream"),
         )),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such job, or the job has no such artifact. Codes: `job_not_found`, `artifact_not_found`.", body = ErrorBody),
     ),
 )]

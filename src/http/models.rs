@@ -28,7 +28,6 @@ pub struct ModelList {
     security(("bearerAuth" = ["read"])),
     responses(
         (status = 200, description = "The models.", body = ModelList),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset. Codes: `dataset_not_found`.", body = ErrorBody),
     ),
 )]
@@ -49,7 +48,6 @@ pub async fn list(State(state): State<AppState>, AppPath(name): AppPath<String>)
     security(("bearerAuth" = ["admin"])),
     responses(
         (status = 202, description = "The queued reindex job.", body = Job),
-        (status = 400, description = "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`.", body = ErrorBody),
         (status = 404, description = "No such dataset or model. Codes: `dataset_not_found`, `model_not_found`.", body = ErrorBody),
         (status = 409, description = "The dataset is still being ingested. Codes: `dataset_not_ready`.", body = ErrorBody),
     ),

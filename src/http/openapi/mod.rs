@@ -76,8 +76,8 @@ pub fn document() -> &'static str {
 }
 
 /// The rules every operation shares, written once here instead of on each handler: an
-/// operation that needs a key may answer 401 (and 403 when it needs an admin key), every one
-/// may answer 500; the error codes are listed with their statuses; a job's `result` is one of
+/// operation that needs a key may answer 401 (and 403 when it needs an admin key), one with a
+/// path parameter 400 `invalid_path` (unless it documents its own 400), every one 500; the error codes are listed with their statuses; a job's `result` is one of
 /// the result shapes.
 fn finish(document: &mut Value) {
     let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
@@ -88,6 +88,7 @@ fn finish(document: &mut Value) {
         ),
         ("Forbidden", "A read key was used on a route that needs an admin key. Codes: `forbidden`."),
         ("Internal", "A server fault; the detail is in the server log. Codes: `internal`."),
+        ("InvalidPath", "A path segment is not valid (e.g. not UTF-8 once percent-decoded). Codes: `invalid_path`."),
     ];
     let components = &mut document["components"];
     for (name, description) in shared {
@@ -119,6 +120,8 @@ fn finish(document: &mut Value) {
             .flatten()
             .filter_map(|role| role.as_str().map(str::to_owned))
             .collect();
+        let has_path_parameter =
+            operation["parameters"].as_array().is_some_and(|parameters| parameters.iter().any(|p| p["in"] == "path"));
         let responses = &mut operation["responses"];
         let mut add = |status: &str, name: &str| {
             if responses.get(status).is_none() {
@@ -130,6 +133,9 @@ fn finish(document: &mut Value) {
         }
         if roles.iter().any(|role| role == "admin") {
             add("403", "Forbidden");
+        }
+        if has_path_parameter {
+            add("400", "InvalidPath");
         }
         add("500", "Internal");
     }
