@@ -172,9 +172,10 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
     let stage = Instant::now();
     let evaluation = evaluating(&run, &mut report, &catalogue, &mined, &trained)?;
     timed("evaluating", stage);
+    let labels = catalogue.label_names.len();
     if evaluation.promoted {
         let stage = Instant::now();
-        promoting(&run, &mut report, &catalogue, &evaluation.model)?;
+        promoting(&run, &mut report, catalogue, &evaluation.model)?;
         timed("indexing", stage);
     }
     timed("total", started);
@@ -204,7 +205,7 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
             batch_classes: run.params.batch_classes.min(mined.batch_labels),
             batch_per_class: run.params.batch_per_class,
             train_items: mined.split.train.len(),
-            labels: catalogue.label_names.len(),
+            labels,
         },
         seconds,
     };
@@ -291,7 +292,8 @@ fn evaluating(
 }
 
 /// Stage 5: the new model's index, built aside, then checked, saved, swapped in and recorded.
-fn promoting(run: &Run, report: &mut Reporter, catalogue: &Catalogue, model: &ModelHandle) -> Result<(), JobFailure> {
+/// Takes the catalogue: its features go into the new index without a copy.
+fn promoting(run: &Run, report: &mut Reporter, catalogue: Catalogue, model: &ModelHandle) -> Result<(), JobFailure> {
     report.stage("indexing", 0.85, json!({}));
     let state = run.state;
     let candidate = build_generation(
@@ -299,7 +301,7 @@ fn promoting(run: &Run, report: &mut Reporter, catalogue: &Catalogue, model: &Mo
         state.embedder.model().dim,
         &state.settings.index.params,
         &catalogue.records,
-        catalogue.features.clone(),
+        catalogue.features,
         run.cancel,
         &mut |done, total| {
             let progress = 0.85 + 0.13 * done as f64 / total.max(1) as f64;
