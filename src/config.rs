@@ -26,7 +26,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub model: ModelSettings,
-    pub embedder: crate::embedder::EmbedderSettings,
+    pub embedder: EmbedderConfig,
     pub index: IndexSettings,
     pub limits: Limits,
     pub jobs: JobSettings,
@@ -65,6 +65,38 @@ pub struct ModelSettings {
     pub weights: String,
     pub input_size: u32,
     pub fetch_if_missing: bool,
+    /// Where the model runs: `auto`, `cpu`, `cuda` or `cuda:N` (`crate::device`).
+    #[serde(default)]
+    pub device: crate::device::DeviceChoice,
+}
+
+/// The `[embedder]` section. The batch limits left unset take the device's own defaults
+/// ([`EmbedderConfig::resolve`]): a GPU is fastest per image in passes far larger than a CPU's.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct EmbedderConfig {
+    pub max_batch: Option<usize>,
+    pub max_wait_ms: u64,
+    pub queue_capacity: usize,
+    pub max_forward_pixels: Option<usize>,
+}
+
+/// The CPU's batch limits: 32 images, 131072 input pixels a pass (`config/default.toml` says why).
+const CPU_BATCH: (usize, usize) = (32, 131_072);
+/// A GPU's: 256 images a pass of up to 256 images at 224 px.
+const GPU_BATCH: (usize, usize) = (256, 256 * 224 * 224);
+
+impl EmbedderConfig {
+    /// The embedder's settings on `device`: what the section sets, the device's defaults for
+    /// the rest.
+    pub fn resolve(&self, device: &candle_core::Device) -> crate::embedder::EmbedderSettings {
+        let (batch, pixels) = if device.is_cpu() { CPU_BATCH } else { GPU_BATCH };
+        crate::embedder::EmbedderSettings {
+            max_batch: self.max_batch.unwrap_or(batch),
+            max_wait_ms: self.max_wait_ms,
+            queue_capacity: self.queue_capacity,
+            max_forward_pixels: self.max_forward_pixels.unwrap_or(pixels),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,9 +152,9 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.model.input_size >= 32, "model.input_size must be at least 32");
-        anyhow::ensure!(self.embedder.max_batch >= 1, "embedder.max_batch must be at least 1");
+        anyhow::ensure!(self.embedder.max_batch != Some(0), "embedder.max_batch must be at least 1");
         anyhow::ensure!(self.embedder.queue_capacity >= 1, "embedder.queue_capacity must be at least 1");
-        anyhow::ensure!(self.embedder.max_forward_pixels >= 1, "embedder.max_forward_pixels must be at least 1");
+        anyhow::ensure!(self.embedder.max_forward_pixels != Some(0), "embedder.max_forward_pixels must be at least 1");
         anyhow::ensure!(self.jobs.ingest_chunk >= 1, "jobs.ingest_chunk must be at least 1");
         anyhow::ensure!(self.limits.max_k >= 1, "limits.max_k must be at least 1");
         if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
@@ -193,6 +225,23 @@ mod tests {
         assert_eq!(settings.log.format, crate::telemetry::LogFormat::Json);
         let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[log]\nformat = \"xml\""));
         assert!(figment.extract::<Settings>().is_err(), "an unknown format is refused");
+    }
+
+    #[test]
+    fn the_device_is_a_setting_and_the_embedder_takes_its_defaults() {
+        use crate::device::DeviceChoice;
+        let settings = Settings::load(None).expect("embedded defaults load");
+        assert_eq!(settings.model.device, DeviceChoice::Auto);
+        let cpu = settings.embedder.resolve(&candle_core::Device::Cpu);
+        assert_eq!((cpu.max_batch, cpu.max_forward_pixels), CPU_BATCH);
+        let figment = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[model]\ndevice = \"cuda:1\"\n[embedder]\nmax_batch = 4"));
+        let settings: Settings = figment.extract().expect("settings parse");
+        assert_eq!(settings.model.device, DeviceChoice::Cuda(1));
+        assert_eq!(settings.embedder.resolve(&candle_core::Device::Cpu).max_batch, 4, "a set value wins");
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[model]\ndevice = \"tpu\""));
+        let err = figment.extract::<Settings>().unwrap_err().to_string();
+        assert!(err.contains("invalid device \"tpu\""), "{err}");
     }
 
     #[test]

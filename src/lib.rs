@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod cpu;
 pub mod db;
+pub mod device;
 pub mod embedder;
 pub mod error;
 pub mod feature_cache;

@@ -130,7 +130,7 @@ async fn active_model(state: &AppState, dataset: &str) -> anyhow::Result<ModelHa
         tracing::warn!(dataset, model = %active.id, backbone = %active.backbone, loaded = %backbone,
             "the active model was trained on another backbone: serving the pretrained model");
     } else {
-        match crate::generation::store::load_handle(state.data_dir(), dataset, &active) {
+        match crate::generation::store::load_handle(state.data_dir(), dataset, &active, &state.device) {
             Ok(model) => return Ok(model),
             Err(err) => tracing::error!(dataset, model = %active.id, error = %format!("{err:#}"),
                 "the active model cannot be loaded: serving the pretrained model"),
@@ -196,7 +196,7 @@ fn restore_dataset(
         // The feature cache usually has them (ingest writes it); the rest are embedded and cached.
         let features = crate::jobs::features::features_of(state, name, &missing, &Default::default(), &mut |_, _| {})
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>());
+        generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>())?;
         generation.save(&dir)?;
     }
     Ok(dataset)

@@ -31,6 +31,8 @@ pub struct Inner {
     pub db: Db,
     pub blobs: BlobStore,
     pub embedder: Embedder,
+    /// Where the model, and every tensor computation of jobs, runs (`model.device`).
+    pub device: candle_core::Device,
     pub jobs: RunningJobs,
     pub metrics: Metrics,
     datasets: RwLock<HashMap<String, Arc<DatasetState>>>,
@@ -56,13 +58,23 @@ impl AppState {
         let db = Db::open(&settings.database_url()).await?;
         let (weights, _) = settings.weights_path();
         let input_size = settings.model.input_size;
+        let device = settings.model.device.resolve()?;
+        let model_device = device.clone();
         let model = tokio::task::spawn_blocking(move || {
-            EmbeddingModel::load(&weights, input_size, &candle_core::Device::Cpu)
+            EmbeddingModel::load(&weights, input_size, &model_device)
                 .with_context(|| format!("cannot load model weights {}", weights.display()))
         })
         .await??;
-        tracing::info!(model = model.id(), dim = model.dim(), input_size, "model loaded");
-        let embedder = Embedder::start(model, settings.embedder)?;
+        let embedder_settings = settings.embedder.resolve(&device);
+        tracing::info!(
+            model = model.id(),
+            dim = model.dim(),
+            input_size,
+            device = crate::device::name(&device),
+            max_batch = embedder_settings.max_batch,
+            "model loaded"
+        );
+        let embedder = Embedder::start(model, embedder_settings)?;
         let blobs = BlobStore::new(&settings.data_dir)?;
         Ok(Self(Arc::new(Inner {
             jobs: RunningJobs::default(),
@@ -71,6 +83,7 @@ impl AppState {
             db,
             blobs,
             embedder,
+            device,
             datasets: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),
         })))

@@ -42,7 +42,11 @@ pub struct ServerArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve,
+    Serve {
+        /// Where the model runs: auto, cpu, cuda or cuda:N (overrides the `model.device` setting).
+        #[arg(long)]
+        device: Option<crate::device::DeviceChoice>,
+    },
     /// Exit 0 when a running server's `/readyz` answers 200, else non-zero with the reason
     /// (for a container's HEALTHCHECK).
     Healthcheck {
@@ -165,11 +169,12 @@ fn limit_rayon_threads() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
     crate::telemetry::logging::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve => runtime.block_on(async {
+        Command::Serve { device } => runtime.block_on(async {
+            settings.model.device = device.unwrap_or(settings.model.device);
             let server = crate::server::Server::start(settings).await?;
             server.run_until_signal().await
         }),

@@ -47,7 +47,7 @@ pub fn build_generation(
         cancel.check()?;
         let rest = rows.split_off(rows.len().min(BUILD_CHUNK));
         built.extend(rows.iter().map(|(seq, _)| *seq));
-        generation.append(&rows);
+        generation.append(&rows)?;
         done += rows.len();
         progress(done, total);
         rows = rest;
@@ -105,7 +105,7 @@ mod tests {
         let rows: Vec<(u64, Vec<f32>)> = (1..=40).map(|seq| (seq, unit(seq, dim))).collect();
         let generation =
             Generation::new(ModelHandle::pretrained("m"), VectorIndex::new(dim, 64, IndexParams::default()), 0);
-        generation.append(&rows);
+        generation.append(&rows).expect("no head to fail");
         let built: HashSet<u64> = rows.iter().map(|(seq, _)| *seq).collect();
         let mut candidate = Candidate { generation, built, probes: rows.clone() };
         check_generation(&candidate).expect("sound generation");

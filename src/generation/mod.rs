@@ -59,16 +59,17 @@ impl Generation {
         &self.model.id
     }
 
-    /// Adds new items by their backbone features; `seq`s must be new to this index.
-    pub fn append(&self, items: &[(u64, Vec<f32>)]) {
+    /// Adds new items by their backbone features; `seq`s must be new to this index. Fails only
+    /// when a GPU projecting them fails, before anything is added.
+    pub fn append(&self, items: &[(u64, Vec<f32>)]) -> anyhow::Result<()> {
         if items.is_empty() {
-            return;
+            return Ok(());
         }
         match &self.model.head {
             Some(head) => {
                 let features: Vec<&[f32]> = items.iter().map(|(_, f)| f.as_slice()).collect();
                 let embedded: Vec<(u64, Vec<f32>)> =
-                    items.iter().map(|(seq, _)| *seq).zip(head.project_many(&features)).collect();
+                    items.iter().map(|(seq, _)| *seq).zip(head.project_many(&features)?).collect();
                 self.index.insert_batch(&embedded);
             }
             None => self.index.insert_batch(items),
@@ -76,6 +77,7 @@ impl Generation {
         let top = items.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
         self.covered_seq.fetch_max(top, Ordering::SeqCst);
         self.dirty.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn covered_seq(&self) -> u64 {
@@ -176,11 +178,11 @@ impl ModelHandle {
         }
     }
 
-    /// [`ModelHandle::project`] of many rows, as one matrix product when there is a head.
-    pub fn project_many(&self, features: &[&[f32]]) -> Vec<Vec<f32>> {
+    /// [`ModelHandle::project`] of many rows (on the GPU when the head's bulk device is one).
+    pub fn project_many(&self, features: &[&[f32]]) -> anyhow::Result<Vec<Vec<f32>>> {
         match &self.head {
             Some(head) => head.project_many(features),
-            None => features.iter().map(|f| f.to_vec()).collect(),
+            None => Ok(features.iter().map(|f| f.to_vec()).collect()),
         }
     }
 

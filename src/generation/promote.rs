@@ -53,7 +53,7 @@ pub fn promote(
         let records: Vec<ItemRecord> =
             runtime.block_on(db.all_items(&dataset.name))?.into_iter().filter(|r| missing.contains(&r.seq)).collect();
         let features = features_of(&records)?;
-        generation.append(&records.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>());
+        generation.append(&records.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>())?;
         tracing::info!(dataset = %dataset.name, items = records.len(), "added items that arrived during the build");
     }
     let previous = dataset.generation.swap(Arc::new(generation));

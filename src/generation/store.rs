@@ -35,11 +35,16 @@ pub fn save_head(dir: &Path, head: &EmbeddingHead, meta: &serde_json::Value) -> 
 }
 
 /// The model a record describes, ready to embed with (its head loaded).
-pub fn load_handle(data_dir: &Path, dataset: &str, record: &ModelRecord) -> anyhow::Result<ModelHandle> {
+pub fn load_handle(
+    data_dir: &Path,
+    dataset: &str,
+    record: &ModelRecord,
+    device: &candle_core::Device,
+) -> anyhow::Result<ModelHandle> {
     if record.is_pretrained() {
         return Ok(ModelHandle::pretrained(&record.backbone));
     }
     let path = model_dir(data_dir, dataset, &record.id).join(HEAD_FILE);
-    let head = Projection::load(&path)?;
+    let head = Projection::load(&path, device)?;
     Ok(ModelHandle { id: record.id.clone(), backbone: record.backbone.clone(), head: Some(Arc::new(head)) })
 }

@@ -108,11 +108,13 @@ pub async fn add(
     let seq = seqs[0];
     tokio::task::spawn_blocking(move || {
         let _writer = dataset.writer.lock().unwrap_or_else(|e| e.into_inner());
-        dataset.generation.load().append(&[(seq, vector)]);
+        dataset.generation.load().append(&[(seq, vector)])?;
         let mut catalog = dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
         catalog.insert(seq, &row.item_id, &row.label);
+        anyhow::Ok(())
     })
     .await
+    .map_err(AppError::internal)?
     .map_err(AppError::internal)?;
     let item = state.db.get_item(&name, &item_id).await?.ok_or_else(|| AppError::internal("item vanished"))?;
     Ok((StatusCode::CREATED, Json(item.item)))

@@ -41,6 +41,9 @@ pub struct Ready {
     pub status: &'static str,
     /// The loaded model id.
     pub model: String,
+    /// Where the model runs: `cpu` or `cuda:N` (the `model.device` setting, resolved).
+    #[schema(example = "cpu")]
+    pub device: String,
 }
 
 /// Readiness
@@ -54,7 +57,12 @@ pub struct Ready {
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_ready() {
-        Json(Ready { status: "ready", model: state.embedder.model().id.clone() }).into_response()
+        Json(Ready {
+            status: "ready",
+            model: state.embedder.model().id.clone(),
+            device: crate::device::name(&state.device),
+        })
+        .into_response()
     } else {
         AppError::new(ErrorCode::NotReady, "loading models and indexes").into_response()
     }
@@ -88,7 +96,7 @@ fn snapshot(state: &AppState) -> Snapshot {
         queue_depth: i64::try_from(stats.queued.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
     };
     let datasets = state.datasets().iter().map(|dataset| dataset_reading(dataset)).collect();
-    Snapshot { embedder, datasets }
+    Snapshot { device: crate::device::name(&state.device), embedder, datasets }
 }
 
 fn dataset_reading(dataset: &DatasetState) -> DatasetReading {

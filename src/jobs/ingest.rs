@@ -228,7 +228,7 @@ impl Run<'_> {
             tracing::warn!(dataset = %self.dataset.name, error = %format!("{err:#}"), "feature cache not written");
         }
         let _writer = self.dataset.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.dataset.generation.load().append(&features);
+        self.dataset.generation.load().append(&features)?;
         let mut catalog = self.dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
         for (seq, row) in seqs.iter().zip(&rows) {
             catalog.insert(*seq, &row.item_id, &row.label);

@@ -41,7 +41,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
             format!("model {model_id} reads backbone {}, but {} is loaded", record.backbone, backbone.id),
         ));
     }
-    let model = store::load_handle(state.data_dir(), &job.dataset, &record)?;
+    let model = store::load_handle(state.data_dir(), &job.dataset, &record, &state.device)?;
     let records = runtime.block_on(state.db.all_items(&job.dataset))?;
     let dir = dataset.index_dir(model_id);
 
@@ -57,7 +57,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
             report.stage("indexing", 0.3, json!({"reused_index": true}));
             let rows: Vec<(u64, Vec<f32>)> = lacking.iter().map(|r| r.seq).zip(features).collect();
             let probes = rows.iter().take(PROBES).cloned().collect();
-            saved.append(&rows);
+            saved.append(&rows)?;
             let built: HashSet<u64> = records.iter().map(|r| r.seq).collect();
             (Candidate { generation: saved, built, probes }, true)
         }

@@ -96,6 +96,11 @@ struct DatasetLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    device: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     dataset: String,
     model: String,
@@ -143,6 +148,8 @@ pub struct DatasetReading {
 /// The readings of one scrape.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// Where the model runs (`cpu`, `cuda:0`): the `model_device_info` series.
+    pub device: String,
     pub embedder: EmbedderReading,
     pub datasets: Vec<DatasetReading>,
 }
@@ -262,6 +269,9 @@ impl Metrics {
 }
 
 fn register_readings(registry: &mut Registry, snapshot: &Snapshot) {
+    let device = Family::<DeviceLabels, Gauge>::default();
+    device.get_or_create(&DeviceLabels { device: snapshot.device.clone() }).set(1);
+    registry.register("model_device_info", "Where the embedding model runs, cpu or cuda:N (value 1)", device);
     let e = &snapshot.embedder;
     registry.register("embedder_batches", "Batches run by the embedder", ConstCounter::new(e.batches));
     registry.register("embedder_images", "Images embedded", ConstCounter::new(e.images));
@@ -312,6 +322,7 @@ mod tests {
         metrics.observe_search(&SearchTiming { total: Duration::from_millis(7), ..SearchTiming::default() });
         metrics.observe_job("ingest", "succeeded", Duration::from_secs(2));
         let snapshot = Snapshot {
+            device: "cpu".into(),
             embedder: EmbedderReading { forward_seconds: 0.5, ..EmbedderReading::default() },
             datasets: vec![DatasetReading { name: "shoes".into(), model: "m1".into(), items: 3, index_vectors: 4 }],
         };
@@ -329,6 +340,7 @@ mod tests {
             r#"lookalike_dataset_items{dataset="shoes"} 3"#,
             r#"lookalike_index_vectors{dataset="shoes"} 4"#,
             r#"lookalike_dataset_active_model_info{dataset="shoes",model="m1"} 1"#,
+            r#"lookalike_model_device_info{device="cpu"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -6,8 +6,9 @@
 //! update (same formula, same defaults: [`ParamsAdamW`]) in one loop per weight that reads the
 //! gradient and writes the weight and both moments in place, allocating nothing.
 //!
-//! CPU `f32` weights only (training runs on the CPU); other weights are an error at construction.
-//! An optimiser owns its moments and is used by one thread.
+//! The fused loop runs on CPU `f32` weights. Weights on a GPU take candle's own AdamW (the same
+//! update as tensor ops, which run there), so training is device-agnostic; CPU weights of another
+//! dtype are an error at construction. An optimiser owns its moments and is used by one thread.
 
 use std::cell::RefCell;
 
@@ -15,12 +16,19 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Var, bail};
 use candle_nn::{Optimizer, ParamsAdamW};
 
-/// AdamW with decoupled weight decay, fused per weight (see the module docs).
+/// AdamW with decoupled weight decay, fused per weight on the CPU (see the module docs).
 #[derive(Debug)]
-pub struct FusedAdamW {
-    vars: Vec<(Var, Moments)>,
-    params: ParamsAdamW,
-    step_t: i32,
+pub struct FusedAdamW(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    Fused {
+        vars: Vec<(Var, Moments)>,
+        params: ParamsAdamW,
+        step_t: i32,
+    },
+    /// candle's AdamW, for weights that are not on the CPU.
+    Tensors(candle_nn::AdamW),
 }
 
 /// First and second moment estimates of one weight, row-major like it.
@@ -34,6 +42,9 @@ impl Optimizer for FusedAdamW {
     type Config = ParamsAdamW;
 
     fn new(vars: Vec<Var>, params: ParamsAdamW) -> Result<Self> {
+        if vars.iter().any(|var| !var.device().is_cpu()) {
+            return Self::with_tensor_ops(vars, params);
+        }
         let mut owned = Vec::with_capacity(vars.len());
         for var in vars {
             if var.dtype() != DType::F32 || !var.device().is_cpu() || !var.is_contiguous() {
@@ -42,22 +53,25 @@ impl Optimizer for FusedAdamW {
             let n = var.elem_count();
             owned.push((var, Moments { first: vec![0.0; n], second: vec![0.0; n] }));
         }
-        Ok(Self { vars: owned, params, step_t: 0 })
+        Ok(Self(Inner::Fused { vars: owned, params, step_t: 0 }))
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.step_t += 1;
-        let p = &self.params;
+        let (vars, p, step_t) = match &mut self.0 {
+            Inner::Fused { vars, params, step_t } => (vars, &*params, step_t),
+            Inner::Tensors(adamw) => return adamw.step(grads),
+        };
+        *step_t += 1;
         let update = Update {
             lr: p.lr as f32,
             decay: (1.0 - p.lr * p.weight_decay) as f32,
             beta1: p.beta1 as f32,
             beta2: p.beta2 as f32,
-            scale_m: (1.0 / (1.0 - p.beta1.powi(self.step_t))) as f32,
-            scale_v: (1.0 / (1.0 - p.beta2.powi(self.step_t))) as f32,
+            scale_m: (1.0 / (1.0 - p.beta1.powi(*step_t))) as f32,
+            scale_v: (1.0 / (1.0 - p.beta2.powi(*step_t))) as f32,
             eps: p.eps as f32,
         };
-        for (var, moments) in &mut self.vars {
+        for (var, moments) in vars {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             let grad = grad.contiguous()?;
             var.as_tensor().inplace_op2(&grad, &UpdateOp { update, moments: RefCell::new(moments) })?;
@@ -66,11 +80,25 @@ impl Optimizer for FusedAdamW {
     }
 
     fn learning_rate(&self) -> f64 {
-        self.params.lr
+        match &self.0 {
+            Inner::Fused { params, .. } => params.lr,
+            Inner::Tensors(adamw) => adamw.learning_rate(),
+        }
     }
 
     fn set_learning_rate(&mut self, lr: f64) {
-        self.params.lr = lr;
+        match &mut self.0 {
+            Inner::Fused { params, .. } => params.lr = lr,
+            Inner::Tensors(adamw) => adamw.set_learning_rate(lr),
+        }
+    }
+}
+
+impl FusedAdamW {
+    /// The same optimiser as candle's tensor ops, on whatever device the weights are: what
+    /// [`Optimizer::new`] picks for weights off the CPU.
+    pub fn with_tensor_ops(vars: Vec<Var>, params: ParamsAdamW) -> Result<Self> {
+        Ok(Self(Inner::Tensors(candle_nn::AdamW::new(vars, params)?)))
     }
 }
 
@@ -153,6 +181,29 @@ mod tests {
         // f32 rounding only: the two compute the same formula in a different order.
         assert!(diff < 1e-5, "{diff}");
         assert!(FusedAdamW::new(vec![Var::zeros(2, DType::F64, &device)?], ParamsAdamW::default()).is_err());
+        Ok(())
+    }
+
+    /// The path GPU weights take, run here on the CPU: it steps like the fused loop.
+    #[test]
+    fn the_tensor_path_matches_the_fused_loop() -> Result<()> {
+        let device = Device::Cpu;
+        let start = Tensor::arange(0f32, 12f32, &device)?.affine(0.1, -0.5)?.reshape((3, 4))?;
+        let target = Tensor::arange(0f32, 12f32, &device)?.cos()?.reshape((3, 4))?;
+        let params = ParamsAdamW { lr: 0.02, weight_decay: 0.01, ..ParamsAdamW::default() };
+        let (fused_w, tensor_w) = (Var::from_tensor(&start.copy()?)?, Var::from_tensor(&start.copy()?)?);
+        let mut fused = FusedAdamW::new(vec![fused_w.clone()], params.clone())?;
+        let mut tensors = FusedAdamW::with_tensor_ops(vec![tensor_w.clone()], params)?;
+        tensors.set_learning_rate(0.02);
+        assert_eq!(tensors.learning_rate(), fused.learning_rate());
+        for _ in 0..5 {
+            fused.backward_step(&(fused_w.as_tensor() - &target)?.sqr()?.sum_all()?)?;
+            tensors.backward_step(&(tensor_w.as_tensor() - &target)?.sqr()?.sum_all()?)?;
+        }
+        let diff = (fused_w.as_tensor() - tensor_w.as_tensor())?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        let moved = (fused_w.as_tensor() - &start)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(moved > 0.01, "five steps moved the weights by {moved} only");
         Ok(())
     }
 }

@@ -123,6 +123,7 @@ pub fn evaluate(
     gallery: &[f32],
     gallery_labels: &[u32],
     dim: usize,
+    device: &Device,
 ) -> anyhow::Result<RetrievalReport> {
     validate(queries, query_labels, gallery, gallery_labels, dim)?;
     let mut relevant_counts: HashMap<u32, usize> = HashMap::new();
@@ -132,12 +133,11 @@ pub fn evaluate(
     let evaluated: Vec<usize> =
         (0..query_labels.len()).filter(|&q| relevant_counts.contains_key(&query_labels[q])).collect();
 
-    let device = Device::Cpu;
-    let gallery_t = Tensor::from_slice(gallery, (gallery_labels.len(), dim), &device)?.t()?;
+    let gallery_t = Tensor::from_slice(gallery, (gallery_labels.len(), dim), device)?.t()?;
     let mut accumulator = MetricsAccumulator::default();
     for block in evaluated.chunks(QUERY_BLOCK) {
         let rows: Vec<f32> = block.iter().flat_map(|&q| &queries[q * dim..(q + 1) * dim]).copied().collect();
-        let block_queries = Tensor::from_vec(rows, (block.len(), dim), &device)?;
+        let block_queries = Tensor::from_vec(rows, (block.len(), dim), device)?;
         let similarities: Vec<f32> = block_queries.matmul(&gallery_t)?.flatten_all()?.to_vec1()?;
         let ranked: Vec<(Vec<bool>, usize)> = block
             .par_iter()

@@ -4,6 +4,8 @@
 //! the summation order of the matrix product, so the blocked and the brute-force rankings must
 //! agree item for item, and the many exact ties exercise the lower-index rule.
 
+use candle_core::Device;
+
 use super::*;
 use crate::rng::SeededRng;
 
@@ -84,7 +86,7 @@ fn matches_brute_force_on_random_data_with_ties_rare_labels_and_several_blocks()
         let query_labels: Vec<u32> = (0..query_count).map(|_| [0, 1, 2, 3, 4, 5, 6, 9][rng.below(8)]).collect();
         let gallery = integer_rows(&mut rng, gallery_size, dim);
         let queries = integer_rows(&mut rng, query_count, dim);
-        let report = evaluate(&queries, &query_labels, &gallery, &gallery_labels, dim)?;
+        let report = evaluate(&queries, &query_labels, &gallery, &gallery_labels, dim, &Device::Cpu)?;
         let (expected, evaluated, skipped) = brute_force(&queries, &query_labels, &gallery, &gallery_labels, dim);
         assert_close(&report.metrics, &expected);
         assert_eq!((report.queries, report.skipped), (evaluated, skipped));
@@ -100,7 +102,7 @@ fn hand_worked_rankings() -> anyhow::Result<()> {
     // Query 0 ranks g0, g2, g1: relevant, relevant, not (AP@2 = 1). Query 1 ranks g1, g2, g0: not,
     // relevant, relevant (AP@2 = (1/2) / 2). Query 2's label is not in the gallery.
     let queries = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0];
-    let report = evaluate(&queries, &[0, 0, 5], &gallery, &gallery_labels, 2)?;
+    let report = evaluate(&queries, &[0, 0, 5], &gallery, &gallery_labels, 2, &Device::Cpu)?;
     assert_eq!((report.queries, report.skipped), (2, 1));
     assert_close(
         &report.metrics,
@@ -113,10 +115,10 @@ fn hand_worked_rankings() -> anyhow::Result<()> {
 fn equal_similarities_rank_the_lower_gallery_index_first() -> anyhow::Result<()> {
     let gallery = [0.0, 1.0, 0.0, 1.0];
     let query = [0.0, 1.0];
-    let first_irrelevant = evaluate(&query, &[0], &gallery, &[1, 0], 2)?;
+    let first_irrelevant = evaluate(&query, &[0], &gallery, &[1, 0], 2, &Device::Cpu)?;
     assert_eq!(first_irrelevant.metrics.recall_at_1, 0.0);
     assert_eq!(first_irrelevant.metrics.map_at_r, 0.0, "R = 1 and rank 1 is the other label");
-    let first_relevant = evaluate(&query, &[0], &gallery, &[0, 1], 2)?;
+    let first_relevant = evaluate(&query, &[0], &gallery, &[0, 1], 2, &Device::Cpu)?;
     assert_eq!(first_relevant.metrics.recall_at_1, 1.0);
     assert_eq!(first_relevant.metrics.map_at_r, 1.0);
     Ok(())
@@ -131,12 +133,12 @@ fn top_ranked_keeps_the_best_in_order() {
 #[test]
 fn bad_inputs_are_errors() {
     let row = [1.0, 0.0];
-    assert!(evaluate(&row, &[0], &row, &[0], 0).is_err(), "zero dimension");
-    assert!(evaluate(&row, &[0, 1], &row, &[0], 2).is_err(), "queries do not match their labels");
-    assert!(evaluate(&row, &[0], &row[..1], &[0], 2).is_err(), "gallery is not whole rows");
-    assert!(evaluate(&row, &[0], &[], &[], 2).is_err(), "empty gallery");
-    assert!(evaluate(&[f32::NAN, 0.0], &[0], &row, &[0], 2).is_err(), "non-finite query");
-    assert!(evaluate(&row, &[0], &[0.0, f32::INFINITY], &[0], 2).is_err(), "non-finite gallery item");
+    assert!(evaluate(&row, &[0], &row, &[0], 0, &Device::Cpu).is_err(), "zero dimension");
+    assert!(evaluate(&row, &[0, 1], &row, &[0], 2, &Device::Cpu).is_err(), "queries do not match their labels");
+    assert!(evaluate(&row, &[0], &row[..1], &[0], 2, &Device::Cpu).is_err(), "gallery is not whole rows");
+    assert!(evaluate(&row, &[0], &[], &[], 2, &Device::Cpu).is_err(), "empty gallery");
+    assert!(evaluate(&[f32::NAN, 0.0], &[0], &row, &[0], 2, &Device::Cpu).is_err(), "non-finite query");
+    assert!(evaluate(&row, &[0], &[0.0, f32::INFINITY], &[0], 2, &Device::Cpu).is_err(), "non-finite gallery item");
 }
 
 // Recall@K and MAP@R of ranked lists.

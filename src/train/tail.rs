@@ -21,9 +21,7 @@
 
 use std::ops::ControlFlow;
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Module, Result, Shape, Tensor, Var, bail,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Result, Shape, Tensor, Var, bail};
 use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use super::adamw::FusedAdamW;
@@ -224,13 +222,13 @@ pub fn train_tail(
     let mut optimizer = FusedAdamW::new(tail.varmap.all_vars(), adamw)?;
     let mining = params.mining;
     let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
-    let device = Device::Cpu;
+    let device = inputs.device();
     let mut losses = Vec::new();
     for epoch in 0..params.epochs {
         for batch in sampler.epoch(epoch as u64) {
             let step = losses.len();
             let indices: Vec<u32> = batch.items.iter().map(|&item| item as u32).collect();
-            let x = inputs.index_select(&Tensor::new(indices, &device)?, 0)?;
+            let x = inputs.index_select(&Tensor::new(indices, device)?, 0)?;
             let distances = pairwise_distances(&tail.forward(&x)?)?;
             let plain = distances_to_vec(&distances)?;
             let triplets = mine(mining, &plain, &batch.labels, params.margin, mining_seeds.next_u64())?;

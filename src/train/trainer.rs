@@ -183,6 +183,7 @@ pub fn train_head(
     labels: &[u32],
     injected: Option<&HashMap<usize, usize>>,
     params: &TrainParams,
+    device: &Device,
     observer: &mut dyn FnMut(&StepReport, &EmbeddingHead) -> ControlFlow<()>,
 ) -> Result<TrainedHead, TrainError> {
     validate(features, labels, params)?;
@@ -192,11 +193,9 @@ pub fn train_head(
         (true, None) => return Err(invalid("offline_injection needs the offline-mined pairs")),
         (false, _) => PkSampler::new(labels, shape, params.seed)?,
     };
-    let device = Device::Cpu;
-    let all_features = Tensor::from_slice(features, (labels.len(), params.input_dim), &device)?;
+    let all_features = Tensor::from_slice(features, (labels.len(), params.input_dim), device)?;
     let varmap = VarMap::new();
-    let head =
-        EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, params.head_init_seed(), &device)?;
+    let head = EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, params.head_init_seed(), device)?;
     let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
     let mut optimizer = FusedAdamW::new(varmap.all_vars(), adamw)?;
     let mining = params.effective_mining();
@@ -208,7 +207,7 @@ pub fn train_head(
         for batch in sampler.epoch(epoch as u64) {
             let step = losses.len();
             let indices: Vec<u32> = batch.items.iter().map(|&item| item as u32).collect();
-            let rows = all_features.index_select(&Tensor::new(indices, &device)?, 0)?;
+            let rows = all_features.index_select(&Tensor::new(indices, device)?, 0)?;
             let distances = pairwise_distances(&head.forward(&rows)?)?;
             let plain = distances_to_vec(&distances)?;
             let triplets = mine(mining, &plain, &batch.labels, params.margin, mining_seeds.next_u64())?;

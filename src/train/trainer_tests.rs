@@ -76,7 +76,7 @@ fn training_beats_raw_features_on_held_out_classes_and_the_loss_falls() -> Resul
     let (test_features, test_labels) = dataset(12, 100, 2);
     for params in [params(), TrainParams { mining: Mining::BatchAll, ..params() }] {
         let mut reports = Vec::new();
-        let trained = train_head(&train_features, &train_labels, None, &params, &mut |report, _| {
+        let trained = train_head(&train_features, &train_labels, None, &params, &Device::Cpu, &mut |report, _| {
             reports.push(*report);
             ControlFlow::Continue(())
         })?;
@@ -110,9 +110,9 @@ fn offline_injection_trains_and_needs_the_mined_pairs() -> Result<(), TrainError
         (0..labels.len()).map(|item| (item, item - item % ITEMS_PER_CLASS + (item + 1) % ITEMS_PER_CLASS)).collect();
     let params = TrainParams { offline_injection: true, mining: Mining::Random, epochs: 3, ..params() };
     assert_eq!(params.effective_mining(), Mining::BatchHard);
-    let trained = train_head(&features, &labels, Some(&injected), &params, &mut keep_going)?;
+    let trained = train_head(&features, &labels, Some(&injected), &params, &Device::Cpu, &mut keep_going)?;
     assert!(trained.steps > 0 && trained.final_loss.is_finite());
-    let missing = train_head(&features, &labels, None, &params, &mut keep_going);
+    let missing = train_head(&features, &labels, None, &params, &Device::Cpu, &mut keep_going);
     assert!(matches!(missing, Err(TrainError::InvalidInput(_))), "{missing:?}");
     Ok(())
 }
@@ -121,11 +121,12 @@ fn offline_injection_trains_and_needs_the_mined_pairs() -> Result<(), TrainError
 fn same_inputs_and_seed_give_bit_identical_losses() -> Result<(), TrainError> {
     let (features, labels) = dataset(8, 0, 5);
     let params = TrainParams { epochs: 4, mining: Mining::Random, ..params() };
-    let run = || train_head(&features, &labels, None, &params, &mut keep_going);
+    let run = || train_head(&features, &labels, None, &params, &Device::Cpu, &mut keep_going);
     let (first, again) = (run()?, run()?);
     let bits = |losses: &[f32]| losses.iter().map(|loss| loss.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&first.losses), bits(&again.losses));
-    let other = train_head(&features, &labels, None, &TrainParams { seed: 4, ..params }, &mut keep_going)?;
+    let other =
+        train_head(&features, &labels, None, &TrainParams { seed: 4, ..params }, &Device::Cpu, &mut keep_going)?;
     assert_ne!(bits(&first.losses), bits(&other.losses));
     Ok(())
 }
@@ -134,7 +135,7 @@ fn same_inputs_and_seed_give_bit_identical_losses() -> Result<(), TrainError> {
 fn the_observer_cancels_training() {
     let (features, labels) = dataset(8, 0, 6);
     let mut seen = 0;
-    let result = train_head(&features, &labels, None, &params(), &mut |report, _| {
+    let result = train_head(&features, &labels, None, &params(), &Device::Cpu, &mut |report, _| {
         seen += 1;
         if report.step == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     });
@@ -147,7 +148,7 @@ fn the_observer_sees_the_head_as_each_step_left_it() -> Result<(), TrainError> {
     let (features, labels) = dataset(8, 0, 8);
     let params = TrainParams { epochs: 2, ..params() };
     let mut seen = Vec::new();
-    let trained = train_head(&features, &labels, None, &params, &mut |_, head| {
+    let trained = train_head(&features, &labels, None, &params, &Device::Cpu, &mut |_, head| {
         seen.push(head.embed_rows(&features[..IN_DIM], &Device::Cpu).map_err(TrainError::Tensor));
         ControlFlow::Continue(())
     })?;
@@ -165,7 +166,7 @@ fn identical_or_zero_features_trip_the_collapse_guard_without_nan() {
     for value in [0.5f32, 0.0] {
         let features = vec![value; labels.len() * params.input_dim];
         let mut reports = Vec::new();
-        let result = train_head(&features, &labels, None, &params, &mut |report, _| {
+        let result = train_head(&features, &labels, None, &params, &Device::Cpu, &mut |report, _| {
             reports.push(*report);
             ControlFlow::Continue(())
         });
@@ -183,15 +184,18 @@ fn identical_or_zero_features_trip_the_collapse_guard_without_nan() {
 #[test]
 fn bad_inputs_are_errors() {
     let (features, labels) = dataset(4, 0, 7);
-    let short = train_head(&features[1..], &labels, None, &params(), &mut keep_going);
+    let short = train_head(&features[1..], &labels, None, &params(), &Device::Cpu, &mut keep_going);
     assert!(matches!(short, Err(TrainError::InvalidInput(_))), "{short:?}");
     let one_class = TrainParams { batch_classes: 1, ..params() };
     assert!(matches!(
-        train_head(&features, &labels, None, &one_class, &mut keep_going),
+        train_head(&features, &labels, None, &one_class, &Device::Cpu, &mut keep_going),
         Err(TrainError::InvalidInput(_))
     ));
     let too_many = TrainParams { batch_classes: 5, ..params() };
-    assert!(matches!(train_head(&features, &labels, None, &too_many, &mut keep_going), Err(TrainError::Sampler(_))));
+    assert!(matches!(
+        train_head(&features, &labels, None, &too_many, &Device::Cpu, &mut keep_going),
+        Err(TrainError::Sampler(_))
+    ));
 }
 
 #[test]

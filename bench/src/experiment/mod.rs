@@ -168,7 +168,14 @@ pub fn run(config: &ExperimentConfig) -> anyhow::Result<ExperimentResults> {
     tracing::info!(feature_seconds, catalogue_cached, queries_cached, "features ready");
 
     let baseline_started = Instant::now();
-    let baseline = retrieval::evaluate(&queries.rows, &query_labels, &catalogue.rows, &catalogue_labels, queries.dim)?;
+    let baseline = retrieval::evaluate(
+        &queries.rows,
+        &query_labels,
+        &catalogue.rows,
+        &catalogue_labels,
+        queries.dim,
+        &Device::Cpu,
+    )?;
     let baseline_seconds = baseline_started.elapsed().as_secs_f64();
     tracing::info!(map_at_r = baseline.metrics.map_at_r, baseline_seconds, "pretrained baseline");
 

@@ -119,7 +119,7 @@ pub fn initial_head(params: &TrainParams) -> anyhow::Result<EmbeddingHead> {
 pub fn evaluate_head(head: &EmbeddingHead, data: &RunData) -> anyhow::Result<RetrievalReport> {
     let gallery = head.embed_rows(data.catalogue, &Device::Cpu)?;
     let queries = head.embed_rows(data.queries, &Device::Cpu)?;
-    retrieval::evaluate(&queries, data.query_labels, &gallery, data.catalogue_labels, head.out_dim())
+    retrieval::evaluate(&queries, data.query_labels, &gallery, data.catalogue_labels, head.out_dim(), &Device::Cpu)
 }
 
 /// Trains `mode` from `base` (seed included) for `budget` steps, evaluating at each step count in
@@ -178,7 +178,8 @@ pub fn run_mode(
         }
         if steps >= budget { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     };
-    let trained = train_head(data.catalogue, data.catalogue_labels, Some(data.injected), &params, &mut observer);
+    let trained =
+        train_head(data.catalogue, data.catalogue_labels, Some(data.injected), &params, &Device::Cpu, &mut observer);
     let total = started.elapsed();
     if let Some(error) = eval_error {
         return Err(error.context(format!("evaluating {} at a checkpoint", mode.name)));

@@ -41,9 +41,10 @@ pub(super) fn before_and_after(
         queries.truncate(params.max_eval_queries);
         queries.sort_unstable();
     }
-    let before = evaluate(&parent, catalogue, &queries, &split.train)?;
+    let device = &run.state.device;
+    let before = evaluate(&parent, catalogue, &queries, &split.train, device)?;
     run.cancel.check()?;
-    let after = evaluate(&model, catalogue, &queries, &split.train)?;
+    let after = evaluate(&model, catalogue, &queries, &split.train, device)?;
     let (promoted, decision) = match params.promote {
         Promote::Always => (true, "promote is always".to_owned()),
         Promote::Never => (false, "promote is never".to_owned()),
@@ -64,14 +65,16 @@ fn evaluate(
     catalogue: &Catalogue,
     queries: &[usize],
     gallery: &[usize],
+    device: &candle_core::Device,
 ) -> Result<Metrics, JobFailure> {
-    let embed = |indices: &[usize]| -> Vec<f32> {
+    let embed = |indices: &[usize]| -> anyhow::Result<Vec<f32>> {
         let rows: Vec<&[f32]> = indices.iter().map(|&i| catalogue.features[i].as_slice()).collect();
-        model.project_many(&rows).into_iter().flatten().collect()
+        Ok(model.project_many(&rows)?.concat())
     };
     let dim = model.dim(catalogue.features.first().map_or(0, Vec::len));
     let labels = |indices: &[usize]| -> Vec<u32> { indices.iter().map(|&i| catalogue.labels[i]).collect() };
+    let (query_rows, gallery_rows) = (embed(queries)?, embed(gallery)?);
     let report =
-        crate::train::retrieval::evaluate(&embed(queries), &labels(queries), &embed(gallery), &labels(gallery), dim)?;
+        crate::train::retrieval::evaluate(&query_rows, &labels(queries), &gallery_rows, &labels(gallery), dim, device)?;
     Ok(report.metrics)
 }

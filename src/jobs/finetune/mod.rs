@@ -262,7 +262,7 @@ fn evaluating(
     let model = ModelHandle {
         id: model_id_for(&run.job.id),
         backbone: parent.backbone.clone(),
-        head: Some(Arc::new(Projection::from_head(&trained.head)?)),
+        head: Some(Arc::new(Projection::from_head(&trained.head, &run.state.device)?)),
     };
     let evaluation = evaluation::before_and_after(run, catalogue, &mined.split, parent, model)?;
     run.cancel.check()?;

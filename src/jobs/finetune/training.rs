@@ -56,8 +56,9 @@ fn train(report: &mut Reporter, run: &Run, mined: &Mined, params: &TrainParams) 
         report.progress("training", 0.3 + 0.5 * (step.step + 1) as f64 / steps as f64, detail);
         ControlFlow::Continue(())
     };
-    train_head(&mined.train_features, &mined.train_labels, injected.as_ref(), params, &mut observer).map_err(|err| {
-        match err {
+    let device = &run.state.device;
+    train_head(&mined.train_features, &mined.train_labels, injected.as_ref(), params, device, &mut observer).map_err(
+        |err| match err {
             TrainError::Canceled { .. } => JobFailure::Canceled,
             TrainError::Collapsed { .. } => JobFailure::failed(ErrorCode::TrainingCollapsed, err.to_string()),
             TrainError::Diverged { .. } => JobFailure::failed(ErrorCode::TrainingDiverged, err.to_string()),
@@ -65,6 +66,6 @@ fn train(report: &mut Reporter, run: &Run, mined: &Mined, params: &TrainParams) 
                 JobFailure::failed(ErrorCode::InvalidParams, err.to_string())
             }
             TrainError::Tensor(_) => JobFailure::failed(ErrorCode::Internal, err.to_string()),
-        }
-    })
+        },
+    )
 }
