@@ -231,6 +231,8 @@ def main():
                 sys.exit(f"unknown set-up {setup}")
             line = {"engine": "pytorch", "setup": setup, "device": str(device), "size": s, "batch": batch,
                     "threads": torch.get_num_threads(), "torch": torch.__version__}
+            if device.type == "cuda":
+                line["gpu"] = torch.cuda.get_device_name(device)
             try:
                 m, xi = SETUPS[setup](model, x)
                 best, median, rounds = timed(m, xi, args.min_images, args.min_rounds)
