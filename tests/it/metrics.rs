@@ -211,6 +211,7 @@ async fn metrics_after_traffic_show_every_series_with_sane_values() {
     assert_eq!(m.value("lookalike_index_vectors", &[("dataset", "shop")]), items);
     assert_eq!(m.value("lookalike_dataset_active_model_info", &[("dataset", "shop"), ("model", &model)]), 1.0);
     assert_eq!(m.matching("lookalike_dataset_active_model_info", &[]).count(), 1);
+    assert_eq!(m.value("lookalike_model_device_info", &[("device", "cpu")]), 1.0);
 
     // Names by convention: counters end in `_total`, durations are histograms in seconds.
     for (family, kind) in &m.types {

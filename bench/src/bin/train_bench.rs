@@ -263,7 +263,7 @@ fn check_tail_features(model: &EmbeddingModel, lite0: &Lite0, tail: &BackboneTai
 /// Times `train_head` over `total` steps; returns the time each step ended and the losses.
 fn time_head(features: &[f32], labels: &[u32], params: &TrainParams, total: usize) -> Result<(Vec<Instant>, Vec<f32>)> {
     let (mut times, mut losses) = (Vec::with_capacity(total), Vec::with_capacity(total));
-    let outcome = train_head(features, labels, None, params, &mut |report, _| {
+    let outcome = train_head(features, labels, None, params, &Device::Cpu, &mut |report, _| {
         times.push(Instant::now());
         losses.push(report.loss);
         if times.len() == total { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
