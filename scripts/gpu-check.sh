@@ -12,8 +12,8 @@
 # default ./gpu-check-DEVICE.json; the servers' logs beside it) and prints a table; any check
 # that does not hold makes it exit 1.
 #
-# --device cpu is the dry run: the same steps on the CPU with smaller sizes (a minute or two on
-# 2 cores). Run from the repository without --bundle, it first makes a CPU bundle from the test
+# --device cpu is the dry run: the same steps on the CPU with smaller sizes (64 px input, batches
+# 1, 8 and 32; a minute or two on 2 cores). Run from the repository without --bundle, it first makes a CPU bundle from the test
 # suite's build (scripts/gpu-bundle.sh --profile dev) in $GPU_CHECK_BUNDLE (default
 # /var/tmp/lookalike-gpu-bundle-dry).
 #

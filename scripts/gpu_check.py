@@ -13,7 +13,7 @@ has run and the JSON is written, so one run on a lent GPU tells everything):
               ingested over HTTP; /readyz names the device; a finetune job over HTTP succeeds
               and is promoted; a search answers with the new model. The same on the CPU as the
               reference: held-out MAP@R before and after within MAP_TOLERANCE of it.
-  throughput  embedding images/s at 224 px per batch size, lookalike (embed_bench) against
+  throughput  embedding images/s at 224 px (dry run: 64) per batch size, lookalike (embed_bench) against
               PyTorch's fastest set-up (bench/embed/peer_torch.py) on the same device, weights
               and pixels (the 8 images repeated), with the ratio. Measured, not checked, beyond
               both engines running.
@@ -43,14 +43,16 @@ FEATURE_TOLERANCE = 1e-3
 # finetune both rank with the same pretrained features (to 1e-3), so only ties may move;
 # after it, training in another summation order ends in a slightly different head.
 MAP_TOLERANCE = {"before": 0.01, "after": 0.05}
-# Input side of the feature check and the throughput table (the service's default).
-SIZE = 224
 # Sizes per run: the GPU run measures; the dry run only has to finish in a minute or two on a
-# busy 2-core machine, so its batches, rounds and finetune input are smaller.
+# busy 2-core machine, so its input (64 px, for the feature check too), rounds and finetune input
+# are smaller. `size` is the input side of the feature check and the throughput table (224, the
+# service's default, on the GPU). max_seconds bounds
+# the timing of one batch size by one engine (3 rounds at least): the whole run has to fit in
+# time_limit_s, and lookalike's speed on a GPU is what is being found out.
 PROFILES = {
-    "gpu": {"batches": [1, 32, 128], "min_images": 256, "min_rounds": 10,
+    "gpu": {"size": 224, "batches": [1, 32, 128], "min_images": 256, "min_rounds": 10, "max_seconds": 20,
             "setups": "eager,channels_last,jit_frozen", "finetune_input_size": 224, "time_limit_s": 450},
-    "dry": {"batches": [1, 4, 16], "min_images": 16, "min_rounds": 2,
+    "dry": {"size": 64, "batches": [1, 8, 32], "min_images": 32, "min_rounds": 2, "max_seconds": 5,
             "setups": "eager", "finetune_input_size": 64, "time_limit_s": 300},
 }
 # Finetune params: a fifth of each label held out (more queries than the default tenth, for a
@@ -117,22 +119,28 @@ def read_f32(path):
 # ---- 1 and 3: features of real images, and throughput, lookalike against PyTorch
 
 def attempt(run, what, step):
-    """Runs one step; a failure is a failed check, and the run goes on to the next step."""
+    """Runs one step, timed; a failure is a failed check, and the run goes on to the next step."""
+    started = time.monotonic()
     try:
         return step()
     except (StepFailed, OSError, KeyError, ValueError, StopIteration) as err:
         run.check(f"{what} ran", False, detail=f"{type(err).__name__}: {err}")
         return None
+    finally:
+        seconds = time.monotonic() - started
+        run.report.setdefault("steps_s", {})[what] = round(seconds, 1)
+        print(f"   ({what}: {seconds:.0f} s)", flush=True)
 
 
 def features_and_throughput(run, work, images, weights):
-    args, profile = run.args, run.profile
+    args, profile, size = run.args, run.profile, run.profile["size"]
     embed_bench = os.path.join(args.bin, "embed_bench")
     batches = ",".join(str(b) for b in profile["batches"])
-    common = [weights, "--size", str(SIZE), "--check-images", ",".join(images)]
+    common = [weights, "--size", str(size), "--check-images", ",".join(images)]
     pixels, cpu, dev, torch_out = (os.path.join(work, f) for f in ("pixels.f32", "cpu.f32", "device.f32", "torch.f32"))
-    timing = ["--batches", batches, "--min-images", str(profile["min_images"]), "--min-rounds", str(profile["min_rounds"])]
-    features = run.report["features"] = {"images": [os.path.basename(i) for i in images], "size": SIZE}
+    timing = ["--batches", batches, "--min-images", str(profile["min_images"]),
+              "--min-rounds", str(profile["min_rounds"]), "--max-seconds", str(profile["max_seconds"])]
+    features = run.report["features"] = {"images": [os.path.basename(i) for i in images], "size": size}
 
     print("== features of the 8 images on the CPU (reference), with the pixels fed", flush=True)
     reference = attempt(run, "embed_bench on the CPU", lambda: run_tool(
@@ -155,7 +163,7 @@ def features_and_throughput(run, work, images, weights):
         env = {"LD_LIBRARY_PATH": OPENBLAS, "OPENBLAS_NUM_THREADS": "1"}
     theirs = attempt(run, f"PyTorch on {args.device}", lambda: json_lines(run_tool(
         run, [sys.executable, os.path.join(args.bundle, "peer_torch.py"), "--weights", weights,
-              "--device", args.device, "--size", str(SIZE), "--threads", str(os.cpu_count()), *timing,
+              "--device", args.device, "--size", str(size), "--threads", str(os.cpu_count()), *timing,
               "--setups", profile["setups"], "--check-input", pixels, "--check-output", torch_out],
         cap=300, env=env)))
     if theirs is None:
@@ -180,7 +188,7 @@ def features_and_throughput(run, work, images, weights):
                      "pytorch_images_per_s": best and best["images_per_s"], "pytorch_setup": best and best["setup"],
                      "ratio": mine and best and mine["images_per_s"] / best["images_per_s"]})
         run.check(f"both engines timed at batch {batch}", mine is not None and best is not None)
-    run.report["throughput"] = {"size": SIZE, "rows": rows, "lookalike": ours, "pytorch": theirs}
+    run.report["throughput"] = {"size": size, "rows": rows, "lookalike": ours, "pytorch": theirs}
 
 
 # ---- 2: a finetune job through the real server
@@ -349,7 +357,8 @@ def print_tables(run):
             peer = f"{r['pytorch_images_per_s']:.1f} ({r['pytorch_setup']})" if r["pytorch_images_per_s"] else "failed"
             ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
             ours = f"{r['lookalike_images_per_s']:.1f}" if r["lookalike_images_per_s"] else "failed"
-            print(f"| {SIZE}×{SIZE} | {r['batch']} | {ours} | {peer} | {ratio} |")
+            size = report["throughput"]["size"]
+            print(f"| {size}×{size} | {r['batch']} | {ours} | {peer} | {ratio} |")
     if "finetune" in report:
         print("\n| finetune | device | input px | items | held-out queries | MAP@R before | MAP@R after | promoted | job s |")
         print("|---|---|--:|--:|--:|--:|--:|---|--:|")
@@ -361,7 +370,9 @@ def print_tables(run):
                       f"| {f['promoted']} | {f['job_seconds']['total']:.1f} |")
     failed = [c for c in run.checks if not c["passed"]]
     for c in failed:
-        print(f"FAILED: {c['name']}: {c['value']} (limit {c['limit']}) {c['detail']}")
+        value = "" if c["value"] is None else f" {c['value']}"
+        limit = "" if c["limit"] is None else f" (limit {c['limit']})"
+        print(f"FAILED: {c['name']}:{value}{limit} {c['detail']}")
 
 
 def args_device(report):

@@ -150,21 +150,31 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def timed(model, x, min_images, min_rounds):
-    """Best and median seconds per image over repeated forward passes (after warm-up)."""
+# Timed rounds kept even past --max-seconds, for a median.
+MIN_TIMED_ROUNDS = 3
+
+
+def timed(model, x, min_images, min_rounds, max_seconds=None):
+    """Best and median seconds per image over repeated forward passes (after warm-up): at least
+    min_rounds and min_images, or fewer (never under MIN_TIMED_ROUNDS) past max_seconds."""
     with torch.inference_mode():
         # The JIT's profiling executor optimises the graph during the first runs; cuDNN
         # picks its algorithms in the first one.
         for _ in range(3):
             model(x)
         synchronize(x.device)
-        rounds = max(min_rounds, -(-min_images // x.shape[0]))
+        planned = max(min_rounds, -(-min_images // x.shape[0]))
         per_image = []
-        for _ in range(rounds):
+        timing = time.perf_counter()
+        for _ in range(planned):
             start = time.perf_counter()
             model(x)
             synchronize(x.device)
             per_image.append((time.perf_counter() - start) / x.shape[0])
+            out_of_time = max_seconds is not None and time.perf_counter() - timing > max_seconds
+            if out_of_time and len(per_image) >= MIN_TIMED_ROUNDS:
+                break
+        rounds = len(per_image)
     per_image.sort()
     return per_image[0], per_image[len(per_image) // 2], rounds
 
@@ -198,6 +208,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-images", type=int, default=64)
     ap.add_argument("--min-rounds", type=int, default=5)
+    ap.add_argument("--max-seconds", type=float, help="stop timing a batch size after this long (3 rounds at least)")
     ap.add_argument("--setups", default="eager,channels_last,jit_frozen")
     ap.add_argument("--check-input")
     ap.add_argument("--check-output")
@@ -235,7 +246,7 @@ def main():
                 line["gpu"] = torch.cuda.get_device_name(device)
             try:
                 m, xi = SETUPS[setup](model, x)
-                best, median, rounds = timed(m, xi, args.min_images, args.min_rounds)
+                best, median, rounds = timed(m, xi, args.min_images, args.min_rounds, args.max_seconds)
                 line.update({"rounds": rounds, "best_ms_per_image": best * 1e3,
                              "median_ms_per_image": median * 1e3, "images_per_s": 1.0 / median})
             except RuntimeError as err:

@@ -3,12 +3,15 @@
 //! and several batch sizes, on the CPU or a GPU.
 //!
 //! Usage: `embed_bench WEIGHTS.safetensors [--device auto|cpu|cuda|cuda:N]
-//! [--size 224] [--batches 1,32] [--min-images 64] [--min-rounds 5]
+//! [--size 224] [--batches 1,32] [--min-images 64] [--min-rounds 5] [--max-seconds S]
 //! [--check-input F | --check-images A.jpg,B.png,...] [--check-output G] [--check-pixels P]`.
 //!
 //! Prints one JSON line per batch size, in the same shape as
 //! `bench/embed/peer_torch.py`, naming the device, so a script can put the two
-//! side by side. `--batches ""` times nothing (a check only).
+//! side by side. `--batches ""` times nothing (a check only). Each batch size runs
+//! `max(min-rounds, min-images / batch)` timed rounds, or fewer (never under
+//! [`MIN_TIMED_ROUNDS`]) once `--max-seconds` have passed: a bound for a run
+//! with a time limit on a device whose speed is not known yet.
 //!
 //! The check embeds fixed input first and writes the features (raw
 //! little-endian f32, N×1280, before the service's L2 normalisation) to
@@ -36,6 +39,8 @@ use lookalike::network::preprocess;
 /// Untimed forward passes before each batch size's rounds (first-touch
 /// allocations, thread pools, CUDA kernel loading).
 const WARM_UP_ROUNDS: usize = 2;
+/// Timed rounds kept per batch size even past `--max-seconds`, for a median.
+const MIN_TIMED_ROUNDS: usize = 3;
 
 /// Where the check's input comes from.
 enum CheckInput {
@@ -52,6 +57,7 @@ struct Args {
     batches: Vec<usize>,
     min_images: usize,
     min_rounds: usize,
+    max_seconds: Option<f64>,
     check: Option<CheckInput>,
     check_output: Option<PathBuf>,
     check_pixels: Option<PathBuf>,
@@ -66,6 +72,7 @@ fn parse_args() -> Result<Args> {
         batches: vec![1, 32],
         min_images: 64,
         min_rounds: 5,
+        max_seconds: None,
         check: None,
         check_output: None,
         check_pixels: None,
@@ -78,6 +85,7 @@ fn parse_args() -> Result<Args> {
             "--batches" => args.batches = list(&value()?).map(str::parse).collect::<Result<_, _>>()?,
             "--min-images" => args.min_images = value()?.parse()?,
             "--min-rounds" => args.min_rounds = value()?.parse()?,
+            "--max-seconds" => args.max_seconds = Some(value()?.parse()?),
             "--check-input" => args.check = Some(CheckInput::Pixels(PathBuf::from(value()?))),
             "--check-images" => args.check = Some(CheckInput::Images(list(&value()?).map(PathBuf::from).collect())),
             "--check-output" => args.check_output = Some(PathBuf::from(value()?)),
@@ -173,14 +181,20 @@ fn main() -> Result<()> {
             model.features(&x)?;
         }
         device.synchronize()?;
-        let rounds = args.min_images.div_ceil(batch).max(args.min_rounds);
-        let mut per_image = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
+        let planned = args.min_images.div_ceil(batch).max(args.min_rounds);
+        let mut per_image = Vec::with_capacity(planned);
+        let timing = Instant::now();
+        for _ in 0..planned {
             let start = Instant::now();
             model.features(&x)?;
             device.synchronize()?;
             per_image.push(start.elapsed().as_secs_f64() / batch as f64);
+            let out_of_time = args.max_seconds.is_some_and(|limit| timing.elapsed().as_secs_f64() > limit);
+            if out_of_time && per_image.len() >= MIN_TIMED_ROUNDS {
+                break;
+            }
         }
+        let rounds = per_image.len();
         per_image.sort_by(f64::total_cmp);
         let (best, median) = (per_image[0], per_image[rounds / 2]);
         println!(
