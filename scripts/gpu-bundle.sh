@@ -106,9 +106,11 @@ cp "$assets/flower.jpg" "$assets/china.jpg" "$out/images/"
 "$work/tools/lookalike-data" fashion-mnist --out "$work/fmnist" --catalogue-per-label "$CATALOGUE_PER_LABEL" \
     --queries-per-label 1 > /dev/null
 cp "$work/fmnist/catalogue.zip" "$out/"
-for label in $(ls "$work/fmnist/queries" | head -6); do
-    first=$(ls "$work/fmnist/queries/$label" | head -1)
-    cp "$work/fmnist/queries/$label/$first" "$out/images/fmnist-$label.png"
+# One test image of each of the first 6 labels (in name order): with the 2 photographs, 8.
+labels=("$work/fmnist/queries"/*/)
+for dir in "${labels[@]:0:6}"; do
+    files=("$dir"*.png)
+    cp "${files[0]}" "$out/images/fmnist-$(basename "$dir").png"
 done
 cp scripts/gpu-check.sh scripts/gpu_check.py bench/embed/peer_torch.py "$out/"
 

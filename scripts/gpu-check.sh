@@ -13,9 +13,9 @@
 # that does not hold makes it exit 1.
 #
 # --device cpu is the dry run: the same steps on the CPU with smaller sizes (64 px input, batches
-# 1, 8 and 32; a minute or two on 2 cores). Run from the repository without --bundle, it first makes a CPU bundle from the test
-# suite's build (scripts/gpu-bundle.sh --profile dev) in $GPU_CHECK_BUNDLE (default
-# /var/tmp/lookalike-gpu-bundle-dry).
+# 1, 8 and 32; a minute or two on 2 cores). Run from the repository without --bundle, it first
+# makes a CPU bundle from the test suite's build (scripts/gpu-bundle.sh --profile dev) in
+# $GPU_CHECK_BUNDLE (default /var/tmp/lookalike-gpu-bundle-dry).
 #
 # Needs Python 3 with numpy and PyTorch ($PYTHON, else the first python3 that has them); for
 # CUDA, the driver's libcuda.so.1, and cuBLAS, cuRAND and NVRTC of CUDA 13, which are taken
@@ -82,14 +82,16 @@ for exe in ("lookalike", "embed_bench"):
     with lzma.open(os.path.join(bundle, "bin", exe + ".xz")) as packed, open(path, "wb") as f:
         f.write(packed.read())
     os.chmod(path, 0o755)
-print(f"bundle: {manifest['build']} build ({manifest['profile']}), commit {manifest['commit']}, made {manifest['made_at']}")
+print(f"bundle: {manifest['build']} build ({manifest['profile']}), commit {manifest['commit']}, "
+      f"made {manifest['made_at']}")
 PY
 
 if [[ $build == cuda ]]; then
     # cuBLAS, cuRAND and NVRTC: the folders of PyTorch's NVIDIA wheels (nvidia/cu13/lib, or one
-    # nvidia/<library>/lib each in older layouts), then torch/lib.
+    # nvidia/<library>/lib each in older layouts), then torch/lib, then the environment's lib
+    # (conda).
     libs=$("$python" - <<'PY'
-import glob, os
+import glob, os, sys
 dirs = []
 try:
     import nvidia
@@ -98,8 +100,8 @@ try:
 except ImportError:
     pass
 import torch
-dirs.append(os.path.join(os.path.dirname(torch.__file__), "lib"))
-print(":".join(dirs))
+dirs += [os.path.join(os.path.dirname(torch.__file__), "lib"), os.path.join(sys.prefix, "lib")]
+print(":".join(d for d in dirs if os.path.isdir(d)))
 PY
     )
     export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

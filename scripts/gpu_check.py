@@ -13,12 +13,14 @@ has run and the JSON is written, so one run on a lent GPU tells everything):
               ingested over HTTP; /readyz names the device; a finetune job over HTTP succeeds
               and is promoted; a search answers with the new model. The same on the CPU as the
               reference: held-out MAP@R before and after within MAP_TOLERANCE of it.
-  throughput  embedding images/s at 224 px (dry run: 64) per batch size, lookalike (embed_bench) against
-              PyTorch's fastest set-up (bench/embed/peer_torch.py) on the same device, weights
-              and pixels (the 8 images repeated), with the ratio. Measured, not checked, beyond
-              both engines running.
+  throughput  embedding images/s at 224 px (dry run: 64) per batch size, lookalike (embed_bench)
+              against PyTorch's fastest set-up (bench/embed/peer_torch.py) on the same device,
+              weights and pixels (the 8 images repeated), with the ratio. Measured, not checked,
+              beyond both engines running.
 
-Usage: gpu_check.py --device cpu|cuda|cuda:N --bundle DIR --bin DIR --out FILE
+Usage: gpu_check.py --device cpu|cuda|cuda:N --bundle DIR --bin DIR --out FILE [--profile gpu|dry]
+(--profile: the sizes; by default "dry" on the CPU and "gpu" on a GPU. `--device cpu --profile gpu`
+rehearses the GPU run's sizes and time limit on a CPU.)
 """
 
 import argparse
@@ -43,12 +45,11 @@ FEATURE_TOLERANCE = 1e-3
 # finetune both rank with the same pretrained features (to 1e-3), so only ties may move;
 # after it, training in another summation order ends in a slightly different head.
 MAP_TOLERANCE = {"before": 0.01, "after": 0.05}
-# Sizes per run: the GPU run measures; the dry run only has to finish in a minute or two on a
-# busy 2-core machine, so its input (64 px, for the feature check too), rounds and finetune input
-# are smaller. `size` is the input side of the feature check and the throughput table (224, the
-# service's default, on the GPU). max_seconds bounds
-# the timing of one batch size by one engine (3 rounds at least): the whole run has to fit in
-# time_limit_s, and lookalike's speed on a GPU is what is being found out.
+# Sizes per run. `size` is the input side of the feature check and the throughput table: 224,
+# the service's default, on the GPU; the dry run only has to finish in a minute or two on a busy
+# 2-core machine, so its input, rounds and finetune input are smaller. `max_seconds` bounds the
+# timing of one batch size by one engine (3 rounds at least): the whole run has to fit in
+# `time_limit_s`, and lookalike's speed on a GPU is what is being found out.
 PROFILES = {
     "gpu": {"size": 224, "batches": [1, 32, 128], "min_images": 256, "min_rounds": 10, "max_seconds": 20,
             "setups": "eager,channels_last,jit_frozen", "finetune_input_size": 224, "time_limit_s": 450},
@@ -92,24 +93,44 @@ class Run:
 
 
 class StepFailed(Exception):
-    pass
+    """A step that could not finish; `partial` is what its tool printed before it was stopped."""
+
+    def __init__(self, message, partial=""):
+        super().__init__(message)
+        self.partial = partial
 
 
 def run_tool(run, argv, cap, env=None):
     """Runs a bundled tool; its stdout as text. Fails the step on a non-zero exit or time-out."""
+    name = " ".join(os.path.basename(a) for a in argv[:2])
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=run.left(cap),
                               env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired as err:
-        raise StepFailed(f"{os.path.basename(argv[0])} ran past {err.timeout:.0f} s") from err
+        partial = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
+        raise StepFailed(f"{name} ran past {err.timeout:.0f} s", partial) from err
     if done.returncode != 0:
-        raise StepFailed(f"{' '.join(os.path.basename(a) for a in argv[:2])} exited {done.returncode}: "
-                         f"{done.stderr.strip()[-1500:]}")
+        raise StepFailed(f"{name} exited {done.returncode}: {done.stderr.strip()[-1500:]}")
     return done.stdout
 
 
 def json_lines(text):
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def measurements(run, what, argv, cap, env=None):
+    """The JSON lines a timing tool printed. One that runs out of time fails a check, and the
+    lines it printed before are kept: a slow engine still shows what it measured."""
+    def step():
+        try:
+            return json_lines(run_tool(run, argv, cap, env))
+        except StepFailed as err:
+            lines = json_lines(err.partial)
+            if not lines:
+                raise
+            run.check(f"{what} finished", False, detail=f"{err}; keeping the {len(lines)} lines it printed")
+            return lines
+    return attempt(run, what, step)
 
 
 def read_f32(path):
@@ -144,11 +165,11 @@ def features_and_throughput(run, work, images, weights):
 
     print("== features of the 8 images on the CPU (reference), with the pixels fed", flush=True)
     reference = attempt(run, "embed_bench on the CPU", lambda: run_tool(
-        run, [embed_bench, *common, "--device", "cpu", "--batches", "", "--check-output", cpu, "--check-pixels", pixels],
-        cap=120))
+        run, [embed_bench, *common, "--device", "cpu", "--batches", "", "--check-output", cpu,
+              "--check-pixels", pixels], cap=120))
     print(f"== features on {args.device}, and lookalike's images/s at batches {batches}", flush=True)
-    ours = attempt(run, f"embed_bench on {args.device}", lambda: json_lines(run_tool(
-        run, [embed_bench, *common, "--device", args.device, *timing, "--check-output", dev], cap=240)))
+    ours = measurements(run, f"embed_bench on {args.device}",
+                        [embed_bench, *common, "--device", args.device, *timing, "--check-output", dev], cap=240)
     if reference is not None and ours is not None:
         diff = float(np.abs(read_f32(dev) - read_f32(cpu)).max())
         run.check(f"features {args.device} vs cpu, 8 images, max |diff|", diff <= FEATURE_TOLERANCE, diff,
@@ -161,11 +182,11 @@ def features_and_throughput(run, work, images, weights):
     env = {}
     if args.device == "cpu" and os.path.isdir(OPENBLAS):
         env = {"LD_LIBRARY_PATH": OPENBLAS, "OPENBLAS_NUM_THREADS": "1"}
-    theirs = attempt(run, f"PyTorch on {args.device}", lambda: json_lines(run_tool(
-        run, [sys.executable, os.path.join(args.bundle, "peer_torch.py"), "--weights", weights,
-              "--device", args.device, "--size", str(size), "--threads", str(os.cpu_count()), *timing,
-              "--setups", profile["setups"], "--check-input", pixels, "--check-output", torch_out],
-        cap=300, env=env)))
+    theirs = measurements(run, f"PyTorch on {args.device}",
+                          [sys.executable, os.path.join(args.bundle, "peer_torch.py"), "--weights", weights,
+                           "--device", args.device, "--size", str(size), "--threads", str(os.cpu_count()), *timing,
+                           "--setups", profile["setups"], "--check-input", pixels, "--check-output", torch_out],
+                          cap=300, env=env)
     if theirs is None:
         theirs = []
     else:
@@ -284,7 +305,8 @@ def finetune_on(run, work, label, device, weights, catalogue, query_image):
         run.check(f"[{device}] /readyz names the device", ready.get("device") == expected,
                   ready.get("device"), expected)
         with open(catalogue, "rb") as f:
-            body, content_type = multipart({"name": DATASET}, {"archive": ("catalogue.zip", f.read(), "application/zip")})
+            archive = ("catalogue.zip", f.read(), "application/zip")
+        body, content_type = multipart({"name": DATASET}, {"archive": archive})
         ingest = server.wait_job(run, server.call("POST", "/datasets", body, content_type)["job"]["id"], cap=240)
         run.check(f"[{device}] ingest job succeeded", ingest["status"] == "succeeded", ingest["status"],
                   detail=json.dumps(ingest.get("error")) if ingest.get("error") else "")
@@ -360,13 +382,15 @@ def print_tables(run):
             size = report["throughput"]["size"]
             print(f"| {size}×{size} | {r['batch']} | {ours} | {peer} | {ratio} |")
     if "finetune" in report:
-        print("\n| finetune | device | input px | items | held-out queries | MAP@R before | MAP@R after | promoted | job s |")
+        print("\n| finetune | device | input px | items | held-out queries | MAP@R before | MAP@R after "
+              "| promoted | job s |")
         print("|---|---|--:|--:|--:|--:|--:|---|--:|")
         for name in ("device", "cpu"):
             f = report["finetune"].get(name)
             if f:
-                print(f"| {'reference' if name == 'cpu' else 'checked'} | {f['device']} | {f['input_size']} | {f['items']} "
-                      f"| {f['queries']} | {f['map_at_r']['before']:.4f} | {f['map_at_r']['after']:.4f} "
+                role = "reference" if name == "cpu" else "checked"
+                print(f"| {role} | {f['device']} | {f['input_size']} | {f['items']} | {f['queries']} "
+                      f"| {f['map_at_r']['before']:.4f} | {f['map_at_r']['after']:.4f} "
                       f"| {f['promoted']} | {f['job_seconds']['total']:.1f} |")
     failed = [c for c in run.checks if not c["passed"]]
     for c in failed:
@@ -386,8 +410,9 @@ def main():
     ap.add_argument("--bundle", required=True, help="the folder gpu-bundle.sh made")
     ap.add_argument("--bin", required=True, help="the folder holding the unpacked lookalike and embed_bench")
     ap.add_argument("--out", required=True, help="the JSON report to write")
+    ap.add_argument("--profile", choices=sorted(PROFILES), help="sizes (default: dry on the CPU, gpu on a GPU)")
     args = ap.parse_args()
-    profile = PROFILES["dry" if args.device == "cpu" else "gpu"]
+    profile = PROFILES[args.profile or ("dry" if args.device == "cpu" else "gpu")]
     run = Run(args, profile)
     run.report["environment"] = environment(args)
     weights = os.path.join(args.bundle, "weights", "efficientnet-lite0.safetensors")
