@@ -15,7 +15,7 @@
 # --device cpu is the dry run: the same steps on the CPU with smaller sizes (64 px input, batches
 # 1, 8 and 32; a minute or two on 2 cores). Run from the repository without --bundle, it first
 # makes a CPU bundle from the test suite's build (scripts/gpu-bundle.sh --profile dev) in
-# $GPU_CHECK_BUNDLE (default /var/tmp/lookalike-gpu-bundle-dry).
+# $GPU_CHECK_BUNDLE (default bench/out/gpu-bundle-dry, ignored by git, one per checkout).
 #
 # Needs Python 3 with numpy and PyTorch ($PYTHON, else the first python3 that has them); for
 # CUDA, the driver's libcuda.so.1, and cuBLAS, cuRAND and NVRTC of CUDA 13, which are taken
@@ -39,7 +39,7 @@ if [[ -z $bundle ]]; then
     if [[ -f $here/manifest.json ]]; then
         bundle=$here
     elif [[ $device == cpu && -f $here/gpu-bundle.sh ]]; then
-        bundle=${GPU_CHECK_BUNDLE:-/var/tmp/lookalike-gpu-bundle-dry}
+        bundle=${GPU_CHECK_BUNDLE:-$here/../bench/out/gpu-bundle-dry}
         echo "== dry run: a CPU bundle from the test suite's build in $bundle"
         XZ_LEVEL=0 bash "$here/gpu-bundle.sh" "$bundle" --profile dev
     else
