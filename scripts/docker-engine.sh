@@ -95,6 +95,18 @@ make_slim_image() {
     say "making $SLIM_IMAGE: debootstrap of bookworm from $mirror"
     debootstrap --variant=minbase bookworm "$root" "$mirror" > /var/tmp/lookalike-debootstrap.log 2>&1 ||
         { tail -n 30 /var/tmp/lookalike-debootstrap.log >&2; exit 1; }
+    # Slim like Docker Hub's -slim images: no manuals, docs (but copyrights) or translations, now
+    # or from packages installed later.
+    cat > "$root"/etc/dpkg/dpkg.cfg.d/lookalike-slim << 'SLIM'
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+SLIM
+    rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/* "$root"/usr/share/lintian/*
+    find "$root"/usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete
     # What a container gets from the engine or should not inherit from this machine.
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
     rm -f "$root"/etc/hostname
