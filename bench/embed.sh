@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Embedding throughput: lookalike's Lite0 forward pass (candle, bench/src/bin/embed_bench.rs)
-# against PyTorch CPU running the same weights (bench/embed/peer_torch.py), same input size,
+# against PyTorch CPU running the same weights file (bench/embed/peer_torch.py), same input size,
 # batch sizes and thread count, in one run, with the ratio. Also checks that both give the
 # same features for the same pixels (max abs difference, fails above 1e-3).
 #
@@ -55,11 +55,11 @@ np.random.default_rng(0).standard_normal((4, 3, $size, $size), dtype=np.float32)
 
 echo "== $(nproc) cores, $threads threads each; $size px; batches $batches"
 raw="$out/embed.jsonl"
-RAYON_NUM_THREADS=$threads "$bin/embed_bench" "$weights" --size "$size" --batches "$batches" \
+RAYON_NUM_THREADS=$threads "$bin/embed_bench" "$weights" --device cpu --size "$size" --batches "$batches" \
     --min-images "$min_images" --min-rounds "$min_rounds" \
     --check-input "$work/pixels.f32" --check-output "$work/lookalike.f32" | tee "$raw"
 LD_LIBRARY_PATH=$openblas OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=$threads \
-    "$torch_py" bench/embed/peer_torch.py --weights "$pth" --size "$size" --batches "$batches" \
+    "$torch_py" bench/embed/peer_torch.py --weights "$weights" --device cpu --size "$size" --batches "$batches" \
     --threads "$threads" --min-images "$min_images" --min-rounds "$min_rounds" \
     --check-input "$work/pixels.f32" --check-output "$work/pytorch.f32" | tee -a "$raw"
 

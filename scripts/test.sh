@@ -19,6 +19,10 @@ QUERIES_PER_LABEL=2 bash bench/finetune_time.sh 10 64 epochs=2
 bash bench/index.sh --tiny
 bash bench/train.sh --tiny
 bash bench/embed.sh --tiny
+# The GPU check's dry run on the CPU (scripts/gpu-check.sh): on a GPU machine the same script
+# compares the CUDA build with the CPU and with PyTorch CUDA; here it checks every step on the CPU.
+echo "== GPU check, dry run on the CPU"
+bash scripts/gpu-check.sh --device cpu --out bench/out/gpu-check-dry.json
 bash bench/http_load.sh --tiny
 bash bench/ingest.sh --tiny
 # One closing line over every test binary and the browser test.

@@ -11,7 +11,10 @@ import numpy as np
 
 TOLERANCE = 1e-3
 
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+lines = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+for failed in (r for r in lines if "error" in r):
+    print(f"{failed['engine']} {failed['setup']} at batch {failed['batch']} failed: {failed['error']}")
+rows = [r for r in lines if "error" not in r]
 ours = np.fromfile(sys.argv[2], dtype="<f4")
 theirs = np.fromfile(sys.argv[3], dtype="<f4")
 if ours.shape != theirs.shape:

@@ -12,7 +12,8 @@ use crate::config::Settings;
 /// Asks `url` (default: the settings' `server.addr` on this machine) whether it is ready.
 pub async fn check(settings: &Settings, url: Option<String>, timeout: Duration) -> anyhow::Result<()> {
     let server = ServerArgs { server: url, api_key: None, ca_cert: None };
-    let model = Client::new(settings, &server)?.ready(timeout).await?;
-    println!("ready: serving model {model}");
+    let ready = Client::new(settings, &server)?.ready(timeout).await?;
+    let field = |name: &str| ready[name].as_str().unwrap_or("?").to_owned();
+    println!("ready: serving model {} on {}", field("model"), field("device"));
     Ok(())
 }

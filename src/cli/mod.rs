@@ -7,6 +7,7 @@ mod weights;
 
 use client::EvalOptions;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -225,4 +226,28 @@ fn parse_params(pairs: &[String]) -> anyhow::Result<serde_json::Value> {
         params.insert(key.trim().to_owned(), value);
     }
     Ok(serde_json::Value::Object(params))
+}
+
+/// Where a client on this machine reaches a server listening on `addr`: a server bound to every
+/// interface (`0.0.0.0`, `[::]`, as in a container) is asked on loopback.
+pub(crate) fn local_address(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_on_every_interface_is_asked_on_loopback() {
+        let local = |addr: &str| local_address(addr.parse().expect("socket address")).to_string();
+        assert_eq!(local("0.0.0.0:8080"), "127.0.0.1:8080");
+        assert_eq!(local("[::]:9000"), "[::1]:9000");
+        assert_eq!(local("10.1.2.3:80"), "10.1.2.3:80");
+        assert_eq!(local("127.0.0.1:8080"), "127.0.0.1:8080");
+    }
 }

@@ -7,8 +7,10 @@
 //! parallel on rayon's pool. Inside a plane, each filter tap adds a scaled
 //! input row to an output row over the column range the padding leaves valid,
 //! so the inner loops are bounds-check-free AXPYs the compiler vectorises.
-//! Other devices and dtypes fall back to candle's grouped `conv2d` after
-//! explicit padding.
+//! Other devices and dtypes (a GPU) take [`depthwise_by_taps`]: one
+//! multiply-add of a shifted, strided view per filter tap, as plain tensor
+//! ops. candle's grouped `conv2d` would run one convolution per channel
+//! (it splits the groups), over a thousand kernel launches per layer.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -49,10 +51,48 @@ pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: Padding) -> 
     }
     let fast = x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32;
     if !fast {
-        let x = x.pad_with_zeros(2, pad.top, pad.bottom)?.pad_with_zeros(3, pad.left, pad.right)?;
-        return x.conv2d(w, 0, stride, 1, c);
+        return depthwise_by_taps(x, w, stride, pad);
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, DepthwiseConv { stride, pad })
+}
+
+/// The depthwise convolution as a sum over the kh×kw filter taps of the padded input's strided
+/// window under each tap times that tap's per-channel weight: `2·kh·kw` elementwise tensor ops,
+/// on any device, differentiable by candle's autograd. Shapes are checked by the caller.
+pub(crate) fn depthwise_by_taps(x: &Tensor, w: &Tensor, stride: usize, pad: Padding) -> candle_core::Result<Tensor> {
+    let (_, c, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let g = Geometry::new(h, wd, kh, kw, stride, pad);
+    // Padded on the far sides up to a whole number of strides past the last window, so that every
+    // tap's window is `ho·stride` rows (`wo·stride` columns) whose first of each stride is read.
+    let rows = (g.ho * stride + kh).max(h + pad.top + pad.bottom);
+    let cols = (g.wo * stride + kw).max(wd + pad.left + pad.right);
+    let x = x.pad_with_zeros(2, pad.top, rows - h - pad.top)?.pad_with_zeros(3, pad.left, cols - wd - pad.left)?;
+    let strided = |t: Tensor, dim: usize, start: usize, out: usize| -> candle_core::Result<Tensor> {
+        let window = t.narrow(dim, start, out * stride)?;
+        if stride == 1 {
+            return Ok(window);
+        }
+        let mut shape = window.dims().to_vec();
+        shape[dim] = out;
+        shape.insert(dim + 1, stride);
+        window.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+    };
+    let taps = w.reshape((c, kh * kw))?;
+    let mut sum: Option<Tensor> = None;
+    for ky in 0..kh {
+        let band = strided(x.clone(), 2, ky, g.ho)?;
+        for kx in 0..kw {
+            let window = strided(band.clone(), 3, kx, g.wo)?;
+            let tap = taps.narrow(1, ky * kw + kx, 1)?.reshape((1, c, 1, 1))?;
+            let term = window.broadcast_mul(&tap)?;
+            sum = Some(match sum {
+                Some(sum) => (sum + term)?,
+                None => term,
+            });
+        }
+    }
+    sum.ok_or_else(|| candle_core::Error::Msg("depthwise: empty kernel".into()))
 }
 
 /// Sizes of one plane's convolution.

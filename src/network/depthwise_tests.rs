@@ -80,6 +80,28 @@ fn forward_matches_grouped_conv2d() -> candle_core::Result<()> {
     Ok(())
 }
 
+/// The path a GPU takes, run here on the CPU: same outputs and same gradients as the reference.
+#[test]
+fn the_tap_sum_matches_grouped_conv2d_forward_and_backward() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (n, c, h, w, k, s, pad) in cases() {
+        let x = Var::randn(0f32, 1f32, (n, c, h, w), &dev)?;
+        let f = Var::randn(0f32, 1f32, (c, 1, k, k), &dev)?;
+        let ours = depthwise_by_taps(&x, &f, s, pad)?;
+        let theirs = reference(&x, &f, s, pad)?;
+        let diff = max_abs_diff(&ours, &theirs);
+        assert!(diff < 1e-4, "{n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
+        let r = Tensor::randn(0f32, 1f32, ours.dims(), &dev)?;
+        let ours = (&ours * &r)?.sum_all()?.backward()?;
+        let theirs = (theirs * &r)?.sum_all()?.backward()?;
+        for (name, v) in [("input", &x), ("weight", &f)] {
+            let diff = max_abs_diff(ours.get(v).expect("our gradient"), theirs.get(v).expect("reference gradient"));
+            assert!(diff < 1e-4, "{name} grad {n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn non_contiguous_input_is_handled() -> candle_core::Result<()> {
     let dev = Device::Cpu;

@@ -2,16 +2,19 @@
 //! at a few input sizes and batch sizes, plus one depthwise layer against
 //! candle's grouped conv2d.
 //!
-//! Usage: `cargo run --release -p lookalike-bench --bin forward_time [-- [WEIGHTS.safetensors] [--runs SIZExBATCH,...]]`;
-//! without weights the legacy `.pth` from `$LOOKALIKE_ASSETS` is imported to
-//! a temporary file first. `--runs 224x32` times only those rows (and skips
-//! the depthwise layer), e.g. for `bench/ingest.sh`.
+//! Usage: `cargo run --release -p lookalike-bench --bin forward_time [-- [WEIGHTS.safetensors]
+//! [--runs SIZExBATCH,...] [--device auto|cpu|cuda|cuda:N]]`; without weights the legacy `.pth`
+//! from `$LOOKALIKE_ASSETS` is imported to a temporary file first. `--runs 224x32` times only
+//! those rows (and skips the depthwise layer), e.g. for `bench/ingest.sh`. `--device` (default
+//! `auto`, as the service) says where the model runs; each timed round ends by synchronising
+//! the device, so a GPU's asynchronous work is inside the time.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
+use lookalike::device::DeviceChoice;
 use lookalike::network::depthwise::{Padding, depthwise_conv2d};
 use lookalike::network::lite0::Lite0;
 
@@ -25,15 +28,18 @@ const MIN_ROUNDS: usize = 5;
 const LAYER_ROUNDS: usize = 20;
 
 fn main() -> Result<()> {
-    let device = Device::Cpu;
     let scratch = std::env::temp_dir().join(format!("forward-time-{}.safetensors", std::process::id()));
     let mut args = std::env::args_os().skip(1);
     let mut weights_arg = None;
     let mut runs: Option<Vec<(usize, usize)>> = None;
+    let mut choice = DeviceChoice::Auto;
     while let Some(arg) = args.next() {
         if arg == "--runs" {
             let spec = args.next().context("--runs needs SIZExBATCH[,SIZExBATCH...]")?;
             runs = Some(parse_runs(&spec.to_string_lossy())?);
+        } else if arg == "--device" {
+            let spec = args.next().context("--device needs auto, cpu, cuda or cuda:N")?;
+            choice = spec.to_string_lossy().parse().map_err(anyhow::Error::msg)?;
         } else {
             weights_arg = Some(arg);
         }
@@ -48,21 +54,25 @@ fn main() -> Result<()> {
             scratch.clone()
         }
     };
+    let device = choice.resolve()?;
     let model = Lite0::load(&weights, &device)?;
     let _ = std::fs::remove_file(&scratch);
 
     // The machine may be shared: report the best and the median of several rounds.
-    println!("threads: rayon {}", rayon::current_num_threads());
+    println!("device: {}; threads: rayon {}", lookalike::device::name(&device), rayon::current_num_threads());
     println!("{:>6} {:>6} {:>8} {:>16} {:>18}", "size", "batch", "rounds", "best ms/image", "median ms/image");
     let chosen = runs.is_some();
     for (size, batch) in runs.unwrap_or_else(|| RUNS.to_vec()) {
         let x = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &device)?;
         model.features(&x)?; // warm-up
+        device.synchronize()?;
         let rounds = MIN_IMAGES.div_ceil(batch).max(MIN_ROUNDS);
         let mut per_image: Vec<f64> = (0..rounds)
             .map(|_| {
                 let start = Instant::now();
-                model.features(&x).map(|_| start.elapsed().as_secs_f64() * 1e3 / batch as f64)
+                model.features(&x)?;
+                device.synchronize()?;
+                Ok(start.elapsed().as_secs_f64() * 1e3 / batch as f64)
             })
             .collect::<candle_core::Result<_>>()?;
         per_image.sort_by(f64::total_cmp);
@@ -78,10 +88,12 @@ fn main() -> Result<()> {
     let w = Tensor::randn(0f32, 1f32, (1152, 1, 5, 5), &device)?;
     let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> Result<f64> {
         f()?;
+        device.synchronize()?;
         let start = Instant::now();
         for _ in 0..LAYER_ROUNDS {
             f()?;
         }
+        device.synchronize()?;
         Ok(start.elapsed().as_secs_f64() / LAYER_ROUNDS as f64 * 1e3)
     };
     let ours = time(&|| depthwise_conv2d(&x, &w, 1, Padding::uniform(2)))?;
