@@ -66,37 +66,20 @@ fn cases() -> Vec<(usize, usize, usize, usize, usize, usize, Padding)> {
     ]
 }
 
+type Depthwise = fn(&Tensor, &Tensor, usize, Padding) -> candle_core::Result<Tensor>;
+
+/// The CPU kernels, and the tap sum a GPU takes (run here on the CPU).
+const PATHS: [(&str, Depthwise); 2] = [("custom op", depthwise_conv2d), ("tap sum", depthwise_by_taps)];
+
 #[test]
 fn forward_matches_grouped_conv2d() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    for (n, c, h, w, k, s, pad) in cases() {
-        let x = Tensor::randn(0f32, 1f32, (n, c, h, w), &dev)?;
-        let f = Tensor::randn(0f32, 1f32, (c, 1, k, k), &dev)?;
-        let ours = depthwise_conv2d(&x, &f, s, pad)?;
-        let theirs = reference(&x, &f, s, pad)?;
-        let diff = max_abs_diff(&ours, &theirs);
-        assert!(diff < 1e-4, "{n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
-    }
-    Ok(())
-}
-
-/// The path a GPU takes, run here on the CPU: same outputs and same gradients as the reference.
-#[test]
-fn the_tap_sum_matches_grouped_conv2d_forward_and_backward() -> candle_core::Result<()> {
-    let dev = Device::Cpu;
-    for (n, c, h, w, k, s, pad) in cases() {
-        let x = Var::randn(0f32, 1f32, (n, c, h, w), &dev)?;
-        let f = Var::randn(0f32, 1f32, (c, 1, k, k), &dev)?;
-        let ours = depthwise_by_taps(&x, &f, s, pad)?;
-        let theirs = reference(&x, &f, s, pad)?;
-        let diff = max_abs_diff(&ours, &theirs);
-        assert!(diff < 1e-4, "{n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
-        let r = Tensor::randn(0f32, 1f32, ours.dims(), &dev)?;
-        let ours = (&ours * &r)?.sum_all()?.backward()?;
-        let theirs = (theirs * &r)?.sum_all()?.backward()?;
-        for (name, v) in [("input", &x), ("weight", &f)] {
-            let diff = max_abs_diff(ours.get(v).expect("our gradient"), theirs.get(v).expect("reference gradient"));
-            assert!(diff < 1e-4, "{name} grad {n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
+    for (path, depthwise) in PATHS {
+        for (n, c, h, w, k, s, pad) in cases() {
+            let x = Tensor::randn(0f32, 1f32, (n, c, h, w), &dev)?;
+            let f = Tensor::randn(0f32, 1f32, (c, 1, k, k), &dev)?;
+            let diff = max_abs_diff(&depthwise(&x, &f, s, pad)?, &reference(&x, &f, s, pad)?);
+            assert!(diff < 1e-4, "{path} {n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
         }
     }
     Ok(())
@@ -116,10 +99,12 @@ fn non_contiguous_input_is_handled() -> candle_core::Result<()> {
 #[test]
 fn gradients_match_autograd_through_conv2d() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    for (n, c, h, w, k, s, pad) in cases() {
+    for ((path, depthwise), (n, c, h, w, k, s, pad)) in
+        PATHS.into_iter().flat_map(|p| cases().into_iter().map(move |c| (p, c)))
+    {
         let x = Var::randn(0f32, 1f32, (n, c, h, w), &dev)?;
         let f = Var::randn(0f32, 1f32, (c, 1, k, k), &dev)?;
-        let y = depthwise_conv2d(&x, &f, s, pad)?;
+        let y = depthwise(&x, &f, s, pad)?;
         // A random linear loss, so every output position has its own weight.
         let r = Tensor::randn(0f32, 1f32, y.dims(), &dev)?;
         let ours = (&y * &r)?.sum_all()?.backward()?;
@@ -127,7 +112,7 @@ fn gradients_match_autograd_through_conv2d() -> candle_core::Result<()> {
         for (name, v) in [("input", &x), ("weight", &f)] {
             let (a, b) = (ours.get(v).expect("our gradient"), theirs.get(v).expect("reference gradient"));
             let diff = max_abs_diff(a, b);
-            assert!(diff < 1e-4, "{name} grad {n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
+            assert!(diff < 1e-4, "{path}: {name} grad {n}×{c}×{h}×{w} k{k} s{s} {pad:?}: {diff}");
         }
     }
     Ok(())
