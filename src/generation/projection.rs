@@ -72,9 +72,10 @@ impl Projection {
         out
     }
 
-    /// Many feature vectors: in parallel on the CPU, or as one matrix product on the GPU.
+    /// Many feature vectors: in parallel on the CPU, or as one matrix product on the GPU. A
+    /// single row (an item added on its own) stays on the CPU, like a query.
     pub fn project_many(&self, features: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
-        if self.bulk.is_cpu() {
+        if self.bulk.is_cpu() || features.len() <= 1 {
             Ok(features.par_iter().map(|f| self.project(f)).collect())
         } else {
             self.project_with_tensors(features, &self.bulk)

