@@ -71,6 +71,8 @@ pub struct FinetuneParams {
     pub holdout: f64,
     pub max_eval_queries: usize,
     pub promote: Promote,
+    /// How far `if_better` lets held-out Recall@1 and Recall@5 fall (sampling noise).
+    pub recall_tolerance: f64,
     pub positive_quantile: f64,
     pub negative_quantile: f64,
     pub max_mined_items: usize,
@@ -97,7 +99,7 @@ impl FinetuneParams {
     }
 
     fn check(&self) -> Result<(), String> {
-        let rules: [(&str, bool, &str); 13] = [
+        let rules: [(&str, bool, &str); 14] = [
             ("epochs", (1..=10_000).contains(&self.epochs), "1 to 10000"),
             ("margin", self.margin > 0.0 && self.margin <= 2.0, "above 0 and at most 2"),
             ("learning_rate", self.learning_rate > 0.0 && self.learning_rate <= 1.0, "above 0 and at most 1"),
@@ -107,6 +109,7 @@ impl FinetuneParams {
             ("embedding_dim", (2..=4096).contains(&self.embedding_dim), "2 to 4096"),
             ("holdout", self.holdout > 0.0 && self.holdout <= 0.5, "above 0 and at most 0.5"),
             ("max_eval_queries", self.max_eval_queries >= 1, "at least 1"),
+            ("recall_tolerance", (0.0..=1.0).contains(&self.recall_tolerance), "0 to 1"),
             ("positive_quantile", (0.0..=1.0).contains(&self.positive_quantile), "0 to 1"),
             ("negative_quantile", (0.0..=1.0).contains(&self.negative_quantile), "0 to 1"),
             ("max_mined_items", (2..=100_000).contains(&self.max_mined_items), "2 to 100000"),

@@ -52,9 +52,13 @@ pub struct FinetuneParams {
     #[schema(minimum = 1, default = 2000)]
     max_eval_queries: Option<u32>,
     /// When the trained model is activated: `if_better` (its held-out MAP@R beats the active
-    /// model's), `always` or `never`.
+    /// model's, and its Recall@1 and Recall@5 are each at most `recall_tolerance` lower),
+    /// `always` or `never`.
     #[schema(value_type = Option<String>, pattern = "^(if_better|always|never)$", default = "if_better")]
     promote: Option<String>,
+    /// How far `if_better` lets held-out Recall@1 and Recall@5 fall (sampling noise).
+    #[schema(minimum = 0.0, maximum = 1.0, default = 0.005)]
+    recall_tolerance: Option<f64>,
     /// Same-label pairs farther than this quantile of all positive distances are hard positives.
     #[schema(minimum = 0.0, maximum = 1.0, default = 0.9)]
     positive_quantile: Option<f64>,
@@ -108,8 +112,11 @@ pub struct FinetuneResult {
     parent: String,
     /// Whether the trained model now serves the dataset.
     promoted: bool,
-    /// Which rule of `promote` decided, in words.
+    /// Which rule of `promote` decided, in words, with the figures it read.
     decision: String,
+    /// That rule by name.
+    #[schema(value_type = String, pattern = "^(better|map_did_not_rise|recall1_fell|recall5_fell|always|never)$")]
+    rule: (),
     eval: FinetuneEval,
     /// Offline mining: `mode`, `thresholds` (positive, negative, valley), `stats`, and the counts
     /// `hard_positives`, `hard_negatives`, `anchors_with_injected_positive`.

@@ -20,7 +20,8 @@
 //!    the active model (before) and the new one (after): Recall@1/5/10 and
 //!    MAP@R with the exact R. The new model is recorded (inactive).
 //! 5. `indexing` (85–98%) and `swapping` ([`promoting`]): when promoted
-//!    (`promote`: `if_better` needs a higher MAP@R), an index is built with
+//!    (`promote`: `if_better` needs a higher MAP@R and neither Recall@1 nor
+//!    Recall@5 lower by more than `recall_tolerance`), an index is built with
 //!    the new model aside and put into service by `generation::promote`
 //!    (check → save → swap → record active). Not promoted: the model stays
 //!    recorded, inactive, and can be activated later.
@@ -68,6 +69,9 @@ pub struct FinetuneResult {
     pub promoted: bool,
     /// Which rule of `promote` decided, in words.
     pub decision: String,
+    /// That rule by name (`better`, `map_did_not_rise`, `recall1_fell`, `recall5_fell`, `always`,
+    /// `never`).
+    pub rule: evaluation::Rule,
     pub eval: EvalSummary,
     pub mining: MiningSummary,
     pub training: TrainingSummary,
@@ -173,7 +177,7 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
     let evaluation = evaluating(&run, &mut report, &catalogue, &mined, &trained)?;
     timed("evaluating", stage);
     let labels = catalogue.label_names.len();
-    if evaluation.promoted {
+    if evaluation.decision.promoted {
         let stage = Instant::now();
         promoting(&run, &mut report, catalogue, &evaluation.model)?;
         timed("indexing", stage);
@@ -183,8 +187,9 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
     let result = FinetuneResult {
         model: evaluation.model.id.clone(),
         parent: evaluation.parent.id.clone(),
-        promoted: evaluation.promoted,
-        decision: evaluation.decision,
+        promoted: evaluation.decision.promoted,
+        decision: evaluation.decision.reason,
+        rule: evaluation.decision.rule,
         eval: EvalSummary {
             before: evaluation.before,
             after: evaluation.after,
