@@ -34,6 +34,8 @@ import feature_matrix  # noqa: E402  (bench/feature_matrix.py)
 MIN_SQUARED_NORM = 1e-12
 MIN_SQUARED_DISTANCE = 1e-6
 REPORTED_LOSSES = 20
+# Key prefix of the trained block's weights (train_bench trains Lite0's last block, 15).
+BLOCK = "tail.15"
 
 
 def read_raw(path, dtype, shape):
@@ -50,22 +52,23 @@ class Tail(torch.nn.Module):
 
     def __init__(self, w):
         super().__init__()
-        c_in, hidden = w["tail.expand.weight"].shape
-        c_out = w["tail.project.weight"].shape[1]
-        features = w["tail.head.weight"].shape[1]
-        kernel = w["tail.depthwise.weight"].shape[-1]
+        c_in, hidden = w[f"{BLOCK}.expand.weight"].shape
+        c_out = w[f"{BLOCK}.project.weight"].shape[1]
+        features = w["tail.conv_head.weight"].shape[1]
+        kernel = w[f"{BLOCK}.depthwise.weight"].shape[-1]
         self.expand = torch.nn.Conv2d(c_in, hidden, 1)
         self.depthwise = torch.nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden)
         self.project = torch.nn.Conv2d(hidden, c_out, 1)
         self.head = torch.nn.Conv2d(c_out, features, 1)
         with torch.no_grad():
             # lookalike's 1×1 weights are C_in×C_out; torch's are C_out×C_in×1×1.
-            for name in ("expand", "project", "head"):
+            layers = (("expand", f"{BLOCK}.expand"), ("project", f"{BLOCK}.project"), ("head", "tail.conv_head"))
+            for name, key in layers:
                 conv = getattr(self, name)
-                conv.weight.copy_(torch.from_numpy(w[f"tail.{name}.weight"]).t().reshape(conv.weight.shape))
-                conv.bias.copy_(torch.from_numpy(w[f"tail.{name}.bias"]))
-            self.depthwise.weight.copy_(torch.from_numpy(w["tail.depthwise.weight"]))
-            self.depthwise.bias.copy_(torch.from_numpy(w["tail.depthwise.bias"]))
+                conv.weight.copy_(torch.from_numpy(w[f"{key}.weight"]).t().reshape(conv.weight.shape))
+                conv.bias.copy_(torch.from_numpy(w[f"{key}.bias"]))
+            self.depthwise.weight.copy_(torch.from_numpy(w[f"{BLOCK}.depthwise.weight"]))
+            self.depthwise.bias.copy_(torch.from_numpy(w[f"{BLOCK}.depthwise.bias"]))
 
     def forward(self, x):
         y = torch.nn.functional.relu6(self.expand(x))

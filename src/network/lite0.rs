@@ -30,8 +30,8 @@ pub const FEATURE_DIM: usize = 1280;
 pub const NUM_CLASSES: usize = 1000;
 /// Smallest input side the network accepts (five stride-2 stages leave 1×1).
 pub const MIN_INPUT_SIZE: usize = 32;
-/// Index of the last MBConv block, where [`Lite0::last_block_input`] stops and [`TailWeights`] start.
-pub const LAST_BLOCK: usize = 15;
+/// MBConv blocks in the network; a trainable tail is the last N of them ([`Lite0::tail_weights`]).
+pub const BLOCKS: usize = 16;
 
 /// One stage of MBConv blocks.
 struct Stage {
@@ -176,7 +176,7 @@ impl Block {
     }
 }
 
-/// A convolution with its batch norm folded in, as plain tensors (see [`TailWeights`] for layouts).
+/// A convolution with its batch norm folded in, as plain tensors (see [`BlockWeights`] for layouts).
 #[derive(Debug, Clone)]
 pub struct FoldedWeights {
     pub weight: Tensor,
@@ -189,19 +189,32 @@ impl FoldedConv {
     }
 }
 
-/// The folded weights of the network's tail: block [`LAST_BLOCK`] (expand 6, kernel 3, stride 1,
-/// 192 → 320 channels, no residual) and the head convolution (320 → [`FEATURE_DIM`]), as the
-/// forward pass uses them. Each bias is the frozen batch norm's per-channel shift.
+/// The folded weights of one MBConv block, as the forward pass uses them. Each bias is the frozen
+/// batch norm's per-channel shift.
+#[derive(Debug, Clone)]
+pub struct BlockWeights {
+    /// 1×1 expand convolution, followed by ReLU6: weight C_in×hidden. Absent in block 0 (expand 1).
+    pub expand: Option<FoldedWeights>,
+    /// k×k depthwise convolution with TensorFlow "same" padding, followed by ReLU6: weight
+    /// k×k×hidden (channels-last).
+    pub depthwise: FoldedWeights,
+    /// 1×1 projection, no activation: weight hidden×C_out.
+    pub project: FoldedWeights,
+    /// Stride of the depthwise convolution.
+    pub stride: usize,
+    /// Whether the block's input is added to its output (stride 1 and C_in = C_out).
+    pub residual: bool,
+}
+
+/// The folded weights of the network's tail from block `first_block` on: those blocks, then the
+/// head convolution (C_out of the last block → [`FEATURE_DIM`], followed by ReLU6).
 #[derive(Debug, Clone)]
 pub struct TailWeights {
-    /// 1×1 expand convolution, followed by ReLU6: weight C_in×hidden (192×1152).
-    pub expand: FoldedWeights,
-    /// k×k depthwise convolution, stride 1, TensorFlow "same" padding, followed by ReLU6: weight
-    /// k×k×hidden (channels-last, 3×3×1152).
-    pub depthwise: FoldedWeights,
-    /// 1×1 projection, no activation: weight hidden×C_out (1152×320).
-    pub project: FoldedWeights,
-    /// 1×1 head convolution, followed by ReLU6: weight C_out×1280.
+    /// Index of the tail's first block in the network (0 to [`BLOCKS`]; [`BLOCKS`] for the head
+    /// convolution alone).
+    pub first_block: usize,
+    pub blocks: Vec<BlockWeights>,
+    /// Weight C_out×1280.
     pub head: FoldedWeights,
 }
 
@@ -303,41 +316,82 @@ impl Lite0 {
 
     /// The forward pass behind [`features`](Self::features), over the whole batch at once.
     fn pooled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut y = self.stem.forward(x, true)?;
-        for block in &self.blocks {
-            y = block.forward(&y)?;
-        }
-        y = self.head.forward(&y, true)?;
+        let y = self.stem.forward(x, true)?;
+        self.pooled_from(&y, 0)
+    }
+
+    /// Blocks `first_block..` and the head convolution, pooled, over the whole batch at once.
+    fn pooled_from(&self, y: &Tensor, first_block: usize) -> candle_core::Result<Tensor> {
+        let y = self.forward_blocks(y, first_block, BLOCKS)?;
+        let y = self.head.forward(&y, true)?;
         let (n, h, w, c) = y.dims4()?;
         y.reshape((n, h * w, c))?.mean(1)
     }
 
-    /// The activations entering block [`LAST_BLOCK`]: N×3×S×S (S ≥ 32) → N×H×W×192, channels-last
-    /// (H = W = ⌈S/32⌉). What the frozen part of the network gives a trained tail
-    /// (`crate::train::tail`); [`Lite0::features`] continues from here with [`Lite0::tail_weights`].
-    pub fn last_block_input(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
+    /// The activations entering block `first_block` (0 to [`BLOCKS`]; [`BLOCKS`] is the head
+    /// convolution's input): N×3×S×S (S ≥ 32) → N×H×W×C, channels-last. What the frozen part of the
+    /// network gives a trained tail (`crate::train::tail`); [`Lite0::features_from`] continues from
+    /// here, and so does a tail built from [`Lite0::tail_weights`].
+    pub fn block_input(&self, x: &Tensor, first_block: usize) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
         if c != 3 || h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
             candle_core::bail!("Lite0 wants N×3×S×S with S ≥ {MIN_INPUT_SIZE}, got {:?}", x.dims());
         }
-        let mut y = self.stem.forward(x, true)?;
-        for block in &self.blocks[..LAST_BLOCK] {
+        if first_block > BLOCKS {
+            candle_core::bail!("Lite0 has {BLOCKS} blocks, not {first_block}");
+        }
+        let one = |x: &Tensor| self.forward_blocks(&self.stem.forward(x, true)?, 0, first_block);
+        if n > 1 && x.device().is_cpu() {
+            // One image per task, as in `features`.
+            let rows =
+                (0..n).into_par_iter().map(|i| one(&x.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+            return Tensor::cat(&rows, 0);
+        }
+        one(x)
+    }
+
+    /// The activations entering block `to` from those entering block `from` (`from ≤ to ≤ BLOCKS`).
+    pub fn forward_blocks(&self, y: &Tensor, from: usize, to: usize) -> candle_core::Result<Tensor> {
+        let Some(blocks) = self.blocks.get(from..to) else {
+            candle_core::bail!("no blocks {from}..{to}: Lite0 has {BLOCKS}");
+        };
+        let mut y = y.clone();
+        for block in blocks {
             y = block.forward(&y)?;
         }
         Ok(y)
     }
 
-    /// The folded weights of block [`LAST_BLOCK`] and the head convolution (copies share storage).
-    pub fn tail_weights(&self) -> Result<TailWeights> {
-        let block = &self.blocks[LAST_BLOCK];
-        let expand = block.expand.as_ref().ok_or_else(|| anyhow!("block {LAST_BLOCK} has no expand convolution"))?;
-        ensure!(block.depthwise.stride == 1 && !block.residual, "block {LAST_BLOCK}: unexpected stride or residual");
-        Ok(TailWeights {
-            expand: expand.folded_weights(),
-            depthwise: block.depthwise.folded_weights(),
-            project: block.project.folded_weights(),
-            head: self.head.folded_weights(),
-        })
+    /// The pooled features of [`features`](Self::features), from the activations entering block
+    /// `first_block` (N×H×W×C, as [`block_input`](Self::block_input) gives them).
+    pub fn features_from(&self, y: &Tensor, first_block: usize) -> candle_core::Result<Tensor> {
+        let n = y.dim(0)?;
+        if n > 1 && y.device().is_cpu() {
+            let rows = (0..n)
+                .into_par_iter()
+                .map(|i| self.pooled_from(&y.narrow(0, i, 1)?, first_block))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Tensor::cat(&rows, 0);
+        }
+        self.pooled_from(y, first_block)
+    }
+
+    /// The folded weights of the blocks from `first_block` on and of the head convolution (the
+    /// tensors share the network's storage).
+    pub fn tail_weights(&self, first_block: usize) -> Result<TailWeights> {
+        let tail =
+            self.blocks.get(first_block..).ok_or_else(|| anyhow!("Lite0 has {BLOCKS} blocks, not {first_block}"))?;
+        let blocks = tail
+            .iter()
+            .map(|block| BlockWeights {
+                expand: block.expand.as_ref().map(FoldedConv::folded_weights),
+                depthwise: block.depthwise.folded_weights(),
+                project: block.project.folded_weights(),
+                stride: block.depthwise.stride,
+                residual: block.residual,
+            })
+            .collect();
+        Ok(TailWeights { first_block, blocks, head: self.head.folded_weights() })
     }
 
     /// ImageNet-1k logits: N×3×S×S → N×1000.

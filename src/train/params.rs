@@ -140,6 +140,7 @@ impl FinetuneParams {
             margin: self.margin as f32,
             soft_margin: self.soft_margin,
             learning_rate: self.learning_rate,
+            backbone_learning_rate: TrainParams::default().backbone_learning_rate,
             weight_decay: self.weight_decay,
             batch_classes,
             batch_per_class: self.batch_per_class,

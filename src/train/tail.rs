@@ -1,60 +1,83 @@
-//! Training the backbone's tail together with the head: Lite0's last MBConv block, its head
-//! convolution and the [`EmbeddingHead`], from cached activations entering that block.
+//! Training the backbone's tail together with the head: Lite0's last N MBConv blocks, its head
+//! convolution and the [`EmbeddingHead`], from cached activations entering the first of them.
 //!
-//! [`BackboneTail`] is, in order: the 1×1 expand convolution (192 → 1152) and ReLU6, the 3×3
-//! depthwise convolution (stride 1, "same" padding) and ReLU6, the 1×1 projection (1152 → 320),
-//! the 1×1 head convolution (320 → 1280) and ReLU6, global average pooling, L2 normalisation (so
-//! the pooled row is exactly the cached feature [`train_head`](super::train_head) trains on) and
-//! the embedding head. Batch norm stays frozen: each convolution keeps the folded per-channel
+//! Each block of a [`BackboneTail`] is, in order: the 1×1 expand convolution and ReLU6 (absent in
+//! block 0), the k×k depthwise convolution (its stride, "same" padding) and ReLU6, the 1×1
+//! projection, and the block's input added back when it has a residual. After the blocks: the 1×1
+//! head convolution (→ 1280) and ReLU6, global average pooling, L2 normalisation (so the pooled row
+//! of an untrained tail is exactly the cached feature [`train_head`](super::train_head) trains on)
+//! and the embedding head. Batch norm stays frozen: each convolution keeps the folded per-channel
 //! affine of [`TailWeights`] as a trainable bias, as the inference code folds it. Activations are
 //! channels-last (N×H×W×C), so each 1×1 convolution is one matrix product over all pixels; the
 //! depthwise step goes through [`depthwise_conv2d`] (N×C×H×W, with its own backward pass) and back.
 //!
-//! [`train_tail`] runs the same step as `train_head` (P×K batches from [`PkSampler`], pairwise
-//! distances, [`mine`], [`triplet_loss`], one AdamW step over every weight of the tail and head)
-//! on block inputs instead of pooled features. It has no collapse guard and no offline injection.
+//! [`train_tail`] runs the loop of `train_head` (P×K batches, offline injection, pairwise
+//! distances, mining, the triplet loss, one AdamW step over every weight of the tail and head, the
+//! collapse guard) on block inputs instead of pooled features.
 //!
-//! Not wired into the finetune job yet: `bench/src/bin/train_bench.rs` (behind `bench/train.sh`) is its
-//! only user, to measure training steps/s with the last block trained. A tail owns its weights
-//! ([`Var`]s in its own [`VarMap`]); training updates them in place, so one tail is trained by one
-//! thread at a time.
+//! Not wired into the finetune job yet: `bench/src/bin/train_bench.rs` (behind `bench/train.sh`)
+//! and the experiment's deep runs are its users. A tail owns its weights ([`Var`]s in its own
+//! [`VarMap`]); training updates them in place, so one tail is trained by one thread at a time.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Result, Shape, Tensor, Var, bail};
-use candle_nn::{Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 
-use super::adamw::FusedAdamW;
-use super::distance::{distances_to_vec, pairwise_distances};
 use super::head::EmbeddingHead;
-use super::losses::triplet_loss;
-use super::miners::mine;
-use super::sampler::{PkSampler, PkShape};
-use super::trainer::{TrainError, TrainParams};
+use super::trainer::{StepReport, TrainError, TrainParams, train_model};
 use crate::network::depthwise::{Padding, depthwise_conv2d};
-use crate::network::lite0::TailWeights;
-use crate::rng::SeededRng;
+use crate::network::lite0::{FoldedWeights, TailWeights};
 
 /// Upper clamp of ReLU6.
 const RELU6_MAX: f64 = 6.0;
 /// Floor of the pooled feature's squared norm before its square root (as [`EmbeddingHead`] does).
 const MIN_SQUARED_NORM: f64 = 1e-12;
-/// Stream of the seed whose draws seed the random miner, one per step (as `train_head` uses).
-const MINING_STREAM: u64 = u64::MAX - 1;
-/// Key prefix of the tail's weights in its [`VarMap`]: `tail.expand.weight`, `tail.expand.bias`, …
+/// Key prefix of the tail's weights in its [`VarMap`]: `tail.15.expand.weight`, `tail.conv_head.bias`, …
 pub const TAIL_PREFIX: &str = "tail";
-/// The tail's convolutions, in order, as named in its weight keys.
-pub const TAIL_LAYERS: [&str; 4] = ["expand", "depthwise", "project", "head"];
+/// Name of the head convolution's weights under [`TAIL_PREFIX`].
+pub const CONV_HEAD: &str = "conv_head";
 
-/// Lite0's last block, head convolution and an embedding head, trainable (see the module docs).
+/// A (weight, bias) pair of the tail's [`Var`]s.
+type Layer = (Tensor, Tensor);
+
+/// One trainable MBConv block (see the module docs).
+struct TailBlock {
+    expand: Option<Layer>,
+    /// Weight C×1×k×k (the layout of [`depthwise_conv2d`]), bias C.
+    depthwise: Layer,
+    project: Layer,
+    kernel: usize,
+    stride: usize,
+    residual: bool,
+}
+
+impl TailBlock {
+    /// Block input N×H×W×C → block output N×H'×W'×C_out, channels-last.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, _) = x.dims4()?;
+        let hidden = self.depthwise.1.dim(0)?;
+        let y = match &self.expand {
+            Some(expand) => relu6(&pointwise(x, expand)?)?.reshape((n, h, w, hidden))?,
+            None => x.clone(),
+        };
+        let pad = Padding::same(h, w, self.kernel, self.stride);
+        let y = depthwise_conv2d(&y.permute((0, 3, 1, 2))?, &self.depthwise.0, self.stride, pad)?;
+        let y = relu6(&y.broadcast_add(&self.depthwise.1.reshape((1, hidden, 1, 1))?)?)?;
+        let (_, _, h_out, w_out) = y.dims4()?;
+        let y = y.permute((0, 2, 3, 1))?.contiguous()?;
+        let y = pointwise(&y, &self.project)?.reshape((n, h_out, w_out, ()))?;
+        if self.residual { y + x } else { Ok(y) }
+    }
+}
+
+/// Lite0's last blocks, head convolution and an embedding head, trainable (see the module docs).
 pub struct BackboneTail {
     varmap: VarMap,
-    expand: (Tensor, Tensor),
-    /// Weight C×1×k×k (the layout of [`depthwise_conv2d`]), bias C.
-    depthwise: (Tensor, Tensor),
-    project: (Tensor, Tensor),
-    conv_head: (Tensor, Tensor),
-    kernel: usize,
+    first_block: usize,
+    blocks: Vec<TailBlock>,
+    conv_head: Layer,
     head: EmbeddingHead,
 }
 
@@ -62,45 +85,53 @@ impl BackboneTail {
     /// A tail starting from `weights` (copied into new [`Var`]s) and a head of `embedding_dim`
     /// seeded from `head_seed` as [`EmbeddingHead::seeded`] does.
     pub fn new(weights: &TailWeights, embedding_dim: usize, head_seed: u64) -> Result<Self> {
-        let device = weights.expand.weight.device().clone();
-        let (kernel, _, hidden) = weights.depthwise.weight.dims3()?;
-        // k×k×C channels-last → C×1×k×k.
-        let depthwise_weight = weights.depthwise.weight.permute((2, 0, 1))?.reshape((hidden, 1, kernel, kernel))?;
-        let layers = [
-            (weights.expand.weight.clone(), &weights.expand.bias),
-            (depthwise_weight, &weights.depthwise.bias),
-            (weights.project.weight.clone(), &weights.project.bias),
-            (weights.head.weight.clone(), &weights.head.bias),
-        ];
+        let device = weights.head.weight.device().clone();
         let varmap = VarMap::new();
-        {
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        // Each weight is copied into a new Var under `name`, so that training never writes into
+        // the caller's (the model's) storage, and read back as the tensor the forward pass uses.
+        let var = |name: String, tensor: &Tensor| -> Result<Tensor> {
             let mut data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
-            for (name, (weight, bias)) in TAIL_LAYERS.iter().zip(&layers) {
-                // `copy` so that training never writes into the caller's (the model's) storage.
-                data.insert(format!("{TAIL_PREFIX}.{name}.weight"), Var::from_tensor(&weight.copy()?)?);
-                data.insert(format!("{TAIL_PREFIX}.{name}.bias"), Var::from_tensor(&bias.copy()?)?);
-            }
+            data.insert(name.clone(), Var::from_tensor(&tensor.copy()?)?);
+            drop(data);
+            vb.get(tensor.dims(), &name)
+        };
+        let layer = |name: String, folded: &FoldedWeights, weight: Tensor| -> Result<Layer> {
+            Ok((var(format!("{name}.weight"), &weight)?, var(format!("{name}.bias"), &folded.bias)?))
+        };
+        let mut blocks = Vec::with_capacity(weights.blocks.len());
+        for (offset, block) in weights.blocks.iter().enumerate() {
+            let name = format!("{TAIL_PREFIX}.{}", weights.first_block + offset);
+            let (kernel, _, hidden) = block.depthwise.weight.dims3()?;
+            // k×k×C channels-last → C×1×k×k.
+            let depthwise = block.depthwise.weight.permute((2, 0, 1))?.reshape((hidden, 1, kernel, kernel))?;
+            let expand = match &block.expand {
+                Some(e) => Some(layer(format!("{name}.expand"), e, e.weight.clone())?),
+                None => None,
+            };
+            blocks.push(TailBlock {
+                expand,
+                depthwise: layer(format!("{name}.depthwise"), &block.depthwise, depthwise)?,
+                project: layer(format!("{name}.project"), &block.project, block.project.weight.clone())?,
+                kernel,
+                stride: block.stride,
+                residual: block.residual,
+            });
         }
+        let conv_head = layer(format!("{TAIL_PREFIX}.{CONV_HEAD}"), &weights.head, weights.head.weight.clone())?;
         let feature_dim = weights.head.weight.dim(1)?;
         let head = EmbeddingHead::seeded(&varmap, feature_dim, embedding_dim, head_seed, &device)?;
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-        let get = |name: &str, layer: &(Tensor, &Tensor)| -> Result<(Tensor, Tensor)> {
-            let vb = vb.pp(TAIL_PREFIX).pp(name);
-            Ok((vb.get(layer.0.dims(), "weight")?, vb.get(layer.1.dims(), "bias")?))
-        };
-        Ok(Self {
-            expand: get(TAIL_LAYERS[0], &layers[0])?,
-            depthwise: get(TAIL_LAYERS[1], &layers[1])?,
-            project: get(TAIL_LAYERS[2], &layers[2])?,
-            conv_head: get(TAIL_LAYERS[3], &layers[3])?,
-            varmap,
-            kernel,
-            head,
-        })
+        Ok(Self { varmap, first_block: weights.first_block, blocks, conv_head, head })
     }
 
-    /// Every trainable weight by key (`tail.<layer>.weight|bias`, `head.weight|bias`), sorted;
-    /// the depthwise weight is C×1×k×k, the 1×1 weights C_in×C_out, the head's out×in.
+    /// Index in the network of the first trained block (the block whose inputs the tail takes).
+    pub fn first_block(&self) -> usize {
+        self.first_block
+    }
+
+    /// Every trainable weight by key (`tail.<block>.<layer>.weight|bias`,
+    /// `tail.conv_head.weight|bias`, `head.weight|bias`), sorted; a depthwise weight is C×1×k×k,
+    /// the 1×1 weights C_in×C_out, the head's out×in.
     pub fn named_weights(&self) -> Vec<(String, Tensor)> {
         let mut all: Vec<(String, Tensor)> = self
             .varmap
@@ -119,17 +150,13 @@ impl BackboneTail {
 
     /// Pooled, L2-normalised features: block inputs N×H×W×C (channels-last) → N×1280.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, _) = x.dims4()?;
-        let hidden = self.depthwise.1.dim(0)?;
-        let y = relu6(&pointwise(x, &self.expand)?)?;
-        let y = y.reshape((n, h, w, hidden))?.permute((0, 3, 1, 2))?;
-        let pad = Padding::same(h, w, self.kernel, 1);
-        let y = depthwise_conv2d(&y, &self.depthwise.0, 1, pad)?;
-        let y = relu6(&y.broadcast_add(&self.depthwise.1.reshape((1, hidden, 1, 1))?)?)?;
-        let y = y.permute((0, 2, 3, 1))?.contiguous()?;
-        let y = pointwise(&y, &self.project)?;
+        let mut y = x.clone();
+        for block in &self.blocks {
+            y = block.forward(&y)?;
+        }
+        let (n, h, w, _) = y.dims4()?;
         let y = relu6(&pointwise(&y, &self.conv_head)?)?;
-        let pooled = y.reshape((n, h * w, y.dim(D::Minus1)?))?.mean(1)?;
+        let pooled = y.reshape((n, h * w, ()))?.mean(1)?;
         let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.maximum(MIN_SQUARED_NORM)?.sqrt()?;
         pooled.broadcast_div(&norms)
     }
@@ -202,49 +229,30 @@ impl CustomOp2 for Relu6Grad {
     }
 }
 
-/// Trains `tail` in place on `inputs` (the block inputs of `labels.len()` items, N×H×W×C) for
-/// `params.epochs` epochs of P×K batches (`params.mining`; injection, `input_dim` and
-/// `embedding_dim` are not used). After each step `observer` gets the step number and its loss
-/// and may stop training with [`ControlFlow::Break`]. Returns the losses of the steps taken.
+/// Trains `tail` in place on `inputs` (the block inputs of `labels.len()` items, N×H×W×C) with
+/// the loop of [`train_head`](super::train_head): `params.epochs` epochs of P×K batches, the
+/// offline-mined positives of `injected` brought into each batch with `params.offline_injection`,
+/// the collapse guard, and the observer after each step (its break is [`TrainError::Canceled`]).
+/// The head learns at `params.learning_rate`, the backbone's blocks and head convolution at
+/// `params.backbone_learning_rate`.
+/// `input_dim` and `embedding_dim` are not read: the tail's shapes are its own. Returns the losses
+/// of the steps taken.
 pub fn train_tail(
     tail: &BackboneTail,
     inputs: &Tensor,
     labels: &[u32],
+    injected: Option<&HashMap<usize, usize>>,
     params: &TrainParams,
-    observer: &mut dyn FnMut(usize, f32) -> ControlFlow<()>,
+    observer: &mut dyn FnMut(&StepReport, &BackboneTail) -> ControlFlow<()>,
 ) -> std::result::Result<Vec<f32>, TrainError> {
-    if inputs.dim(0)? != labels.len() {
-        return Err(TrainError::InvalidInput(format!("{:?} inputs for {} labels", inputs.dims(), labels.len())));
+    let (mut head, mut backbone) = (Vec::new(), Vec::new());
+    for (name, var) in
+        tail.varmap.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?.iter()
+    {
+        if name.starts_with(TAIL_PREFIX) { &mut backbone } else { &mut head }.push(var.clone());
     }
-    let shape = PkShape { labels_per_batch: params.batch_classes, items_per_label: params.batch_per_class };
-    let sampler = PkSampler::new(labels, shape, params.seed)?;
-    let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
-    let mut optimizer = FusedAdamW::new(tail.varmap.all_vars(), adamw)?;
-    let mining = params.mining;
-    let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
-    let device = inputs.device();
-    let mut losses = Vec::new();
-    for epoch in 0..params.epochs {
-        for batch in sampler.epoch(epoch as u64) {
-            let step = losses.len();
-            let indices: Vec<u32> = batch.items.iter().map(|&item| item as u32).collect();
-            let x = inputs.index_select(&Tensor::new(indices, device)?, 0)?;
-            let distances = pairwise_distances(&tail.forward(&x)?)?;
-            let plain = distances_to_vec(&distances)?;
-            let triplets = mine(mining, &plain, &batch.labels, params.margin, mining_seeds.next_u64())?;
-            let loss = triplet_loss(&distances, &triplets, params.margin, params.soft_margin, mining.reduction())?;
-            let value = loss.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                return Err(TrainError::Diverged { step, loss: value });
-            }
-            optimizer.backward_step(&loss)?;
-            losses.push(value);
-            if observer(step, value).is_break() {
-                return Ok(losses);
-            }
-        }
-    }
-    Ok(losses)
+    let groups = vec![(head, params.learning_rate), (backbone, params.backbone_learning_rate)];
+    train_model(tail, groups, inputs, labels, injected, params, observer)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Head-only training: fits an [`EmbeddingHead`] on cached backbone features with the triplet loss.
+//! Triplet training: fits an [`EmbeddingHead`] on cached backbone features ([`train_head`]), and
+//! the loop it shares with the backbone's tail ([`train_model`], `super::tail::train_tail`).
 //!
 //! [`train_head`] takes every training item's cached backbone feature row and label, and runs
 //! `epochs` passes of P×K batches from a [`PkSampler`]. Each step embeds the batch's rows through
@@ -67,8 +68,12 @@ pub struct TrainParams {
     pub margin: f32,
     /// Soft-margin loss `softplus(d_ap − d_an)` instead of the hinge. Default false.
     pub soft_margin: bool,
-    /// AdamW learning rate. Default 1e-3.
+    /// AdamW learning rate (of the head). Default 1e-3.
     pub learning_rate: f64,
+    /// AdamW learning rate of the backbone's weights when a tail is trained with the head
+    /// ([`train_tail`](super::train_tail)): pretrained weights move less than a new head, or the
+    /// embedding collapses early. Default 1e-4.
+    pub backbone_learning_rate: f64,
     /// AdamW decoupled weight decay. Default 0.01 (candle's AdamW default).
     pub weight_decay: f64,
     /// P: labels per batch, at least 2 (an anchor needs negatives). Default 8.
@@ -92,6 +97,7 @@ impl Default for TrainParams {
             margin: 0.2,
             soft_margin: false,
             learning_rate: 1e-3,
+            backbone_learning_rate: 1e-4,
             weight_decay: ParamsAdamW::default().weight_decay,
             batch_classes: 8,
             batch_per_class: 4,
@@ -187,28 +193,57 @@ pub fn train_head(
     observer: &mut dyn FnMut(&StepReport, &EmbeddingHead) -> ControlFlow<()>,
 ) -> Result<TrainedHead, TrainError> {
     validate(features, labels, params)?;
+    let all_features = Tensor::from_slice(features, (labels.len(), params.input_dim), device)?;
+    let varmap = VarMap::new();
+    let head = EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, params.head_init_seed(), device)?;
+    let groups = vec![(varmap.all_vars(), params.learning_rate)];
+    let losses = train_model(&head, groups, &all_features, labels, injected, params, observer)?;
+    let final_loss = losses.last().copied().unwrap_or(0.0);
+    Ok(TrainedHead { head, steps: losses.len(), final_loss, losses })
+}
+
+/// The training loop of [`train_head`] for any embedding `model` whose trainable weights are
+/// `groups` (each with its AdamW learning rate): `inputs` holds one entry per label along its first dimension (feature rows for a
+/// head, block activations for a [`BackboneTail`](super::BackboneTail)); each step feeds the
+/// batch's entries through `model`. Returns every step's loss; the observer's break is
+/// [`TrainError::Canceled`].
+pub(super) fn train_model<M: Module>(
+    model: &M,
+    groups: Vec<(Vec<candle_core::Var>, f64)>,
+    inputs: &Tensor,
+    labels: &[u32],
+    injected: Option<&HashMap<usize, usize>>,
+    params: &TrainParams,
+    observer: &mut dyn FnMut(&StepReport, &M) -> ControlFlow<()>,
+) -> Result<Vec<f32>, TrainError> {
+    if inputs.dim(0)? != labels.len() {
+        return Err(invalid(format!("{:?} inputs for {} labels", inputs.dims(), labels.len())));
+    }
     let shape = PkShape { labels_per_batch: params.batch_classes, items_per_label: params.batch_per_class };
     let sampler = match (params.offline_injection, injected) {
         (true, Some(pairs)) => PkSampler::with_injected(labels, shape, params.seed, pairs.clone())?,
         (true, None) => return Err(invalid("offline_injection needs the offline-mined pairs")),
         (false, _) => PkSampler::new(labels, shape, params.seed)?,
     };
-    let all_features = Tensor::from_slice(features, (labels.len(), params.input_dim), device)?;
-    let varmap = VarMap::new();
-    let head = EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, params.head_init_seed(), device)?;
-    let adamw = ParamsAdamW { lr: params.learning_rate, weight_decay: params.weight_decay, ..ParamsAdamW::default() };
-    let mut optimizer = FusedAdamW::new(varmap.all_vars(), adamw)?;
+    let mut optimizers = groups
+        .into_iter()
+        .filter(|(vars, _)| !vars.is_empty())
+        .map(|(vars, lr)| {
+            FusedAdamW::new(vars, ParamsAdamW { lr, weight_decay: params.weight_decay, ..ParamsAdamW::default() })
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let mining = params.effective_mining();
     let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
     let mut guard = CollapseGuard::new(params);
     let mut losses = Vec::new();
+    let device = inputs.device();
 
     for epoch in 0..params.epochs {
         for batch in sampler.epoch(epoch as u64) {
             let step = losses.len();
             let indices: Vec<u32> = batch.items.iter().map(|&item| item as u32).collect();
-            let rows = all_features.index_select(&Tensor::new(indices, device)?, 0)?;
-            let distances = pairwise_distances(&head.forward(&rows)?)?;
+            let rows = inputs.index_select(&Tensor::new(indices, device)?, 0)?;
+            let distances = pairwise_distances(&model.forward(&rows)?)?;
             let plain = distances_to_vec(&distances)?;
             let triplets = mine(mining, &plain, &batch.labels, params.margin, mining_seeds.next_u64())?;
             let loss = triplet_loss(&distances, &triplets, params.margin, params.soft_margin, mining.reduction())?;
@@ -216,7 +251,10 @@ pub fn train_head(
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step, loss: value });
             }
-            optimizer.backward_step(&loss)?;
+            let grads = loss.backward()?;
+            for optimizer in &mut optimizers {
+                optimizer.step(&grads)?;
+            }
             losses.push(value);
 
             let n = batch.labels.len();
@@ -236,14 +274,13 @@ pub fn train_head(
                 mean_negative_distance,
                 active_triplets,
             };
-            if observer(&report, &head).is_break() {
+            if observer(&report, model).is_break() {
                 return Err(TrainError::Canceled { steps: losses.len() });
             }
             guard.check(&report)?;
         }
     }
-    let final_loss = losses.last().copied().unwrap_or(0.0);
-    Ok(TrainedHead { head, steps: losses.len(), final_loss, losses })
+    Ok(losses)
 }
 
 /// Leave-one-out Recall@1 by cosine similarity: the fraction of items whose most similar other

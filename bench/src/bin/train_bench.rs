@@ -32,7 +32,7 @@ use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
 use fashion_mnist::{self, Sample, Split};
 use lookalike::network::EmbeddingModel;
-use lookalike::network::lite0::{LAST_BLOCK, Lite0};
+use lookalike::network::lite0::{BLOCKS, Lite0};
 use lookalike::network::preprocess::batch_tensor;
 use lookalike::network::preprocess::prepare;
 use lookalike::train::{
@@ -41,14 +41,14 @@ use lookalike::train::{
 use lookalike_bench::experiment::features::{self, Features};
 use serde_json::json;
 
+/// The block `tail` trains from: the last one.
+const LAST_BLOCK: usize = BLOCKS - 1;
 /// The input size the experiment cached its features at.
 const INPUT_SIZE: u32 = 64;
 /// Images pushed through the frozen backbone at once when caching block inputs.
 const BACKBONE_BATCH: usize = 32;
 /// Pixel bound handed to [`prepare`]; Fashion-MNIST images have 784.
 const MAX_PIXELS: u64 = 1 << 20;
-/// The legacy PyTorch weights scripts/test-assets.sh fetches, beside the safetensors.
-const PTH_NAME: &str = "efficientnet-lite0-57934424.pth";
 /// Losses reported per run, for the agreement check.
 const REPORTED_LOSSES: usize = 20;
 
@@ -85,7 +85,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     ensure!(cli.steps > 0 && cli.warmup > 0, "--steps and --warmup must be positive");
     fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
-    import_weights_if_missing(&cli.weights)?;
+    lookalike_bench::experiment::deep::import_weights_if_missing(&cli.weights)?;
     let model = EmbeddingModel::load(&cli.weights, INPUT_SIZE, &Device::Cpu)
         .with_context(|| format!("loading {} (run scripts/test-assets.sh)", cli.weights.display()))?;
     let all = fashion_mnist::read_split(Path::new(fashion_mnist::DEFAULT_DIR), Split::Train)?;
@@ -134,7 +134,8 @@ fn main() -> Result<()> {
             let lite0 = Lite0::load(&cli.weights, &Device::Cpu)?;
             let (inputs, path) = block_inputs(&model, &lite0, &samples, &cli.cache_dir)?;
             manifest["inputs"] = json!({ "file": path, "format": "lkfeat", "shape": inputs.dims() });
-            let tail = BackboneTail::new(&lite0.tail_weights()?, params.embedding_dim, params.head_init_seed())?;
+            let tail =
+                BackboneTail::new(&lite0.tail_weights(LAST_BLOCK)?, params.embedding_dim, params.head_init_seed())?;
             let feature_check =
                 check_tail_features(&model, &lite0, &tail, &samples[..samples.len().min(BACKBONE_BATCH)])?;
             eprintln!("tail features against the model's own embeddings: max |difference| {feature_check:.2e}");
@@ -167,18 +168,6 @@ fn main() -> Result<()> {
         "extra": extra,
     });
     println!("{line}");
-    Ok(())
-}
-
-/// Imports the legacy `.pth` that scripts/test-assets.sh fetches beside `weights` when the
-/// safetensors file is missing (the test suite does the same on its first run).
-fn import_weights_if_missing(weights: &Path) -> Result<()> {
-    if weights.is_file() {
-        return Ok(());
-    }
-    let pth = weights.with_file_name(PTH_NAME);
-    eprintln!("importing {} into {}", pth.display(), weights.display());
-    lookalike::network::import::import_weights(&pth, weights).context("run scripts/test-assets.sh first")?;
     Ok(())
 }
 
@@ -222,7 +211,7 @@ fn block_inputs(
         let mut dim = 0;
         for chunk in samples.chunks(BACKBONE_BATCH) {
             let x = backbone_input(chunk)?;
-            let y = lite0.last_block_input(&x)?;
+            let y = lite0.block_input(&x, LAST_BLOCK)?;
             dim = y.elem_count() / chunk.len();
             rows.extend(y.flatten_all()?.to_vec1::<f32>()?);
         }
@@ -256,7 +245,7 @@ fn check_tail_features(model: &EmbeddingModel, lite0: &Lite0, tail: &BackboneTai
         .map(|sample| Ok(prepare(&fashion_mnist::png_bytes(sample), MAX_PIXELS, INPUT_SIZE)?.input))
         .collect::<Result<_>>()?;
     let expected: Vec<f32> = model.embed(&inputs)?.into_iter().flatten().collect();
-    let ours = tail.features(&lite0.last_block_input(&x)?)?.flatten_all()?.to_vec1::<f32>()?;
+    let ours = tail.features(&lite0.block_input(&x, LAST_BLOCK)?)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
 }
 
@@ -283,13 +272,17 @@ fn time_tail(
     params: &TrainParams,
     total: usize,
 ) -> Result<(Vec<Instant>, Vec<f32>)> {
-    let mut times = Vec::with_capacity(total);
-    let losses = train_tail(tail, inputs, labels, params, &mut |_, _| {
+    let (mut times, mut losses) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    let outcome = train_tail(tail, inputs, labels, None, params, &mut |report, _| {
         times.push(Instant::now());
+        losses.push(report.loss);
         if times.len() == total { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    })?;
-    ensure!(times.len() == total, "training ended after {} of {total} steps", times.len());
-    Ok((times, losses))
+    });
+    match outcome {
+        Err(TrainError::Canceled { .. }) => Ok((times, losses)),
+        Err(error) => Err(error.into()),
+        Ok(_) => bail!("training ended after {} of {total} steps", times.len()),
+    }
 }
 
 /// Writes `values` as `<name>.f32` and returns its manifest entry.
