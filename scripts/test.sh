@@ -14,6 +14,7 @@ bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
 # Benchmarks are not tests, but they must keep working: each runs once on a tiny input.
 echo "== bench smoke runs"
 bash bench/mining_experiment.sh --tiny
+bash bench/deep_experiment.sh --tiny
 bash bench/fashion_eval.sh 5 2 64
 QUERIES_PER_LABEL=2 bash bench/finetune_time.sh 10 64 epochs=2
 bash bench/index.sh --tiny

@@ -19,6 +19,7 @@
 //! Queries are never trained on. Everything runs on the CPU, one stage after another, each stage
 //! using every core; [`run`] is deterministic apart from the measured times.
 
+pub mod deep;
 pub mod features;
 pub mod figures;
 pub mod report;

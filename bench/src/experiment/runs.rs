@@ -77,6 +77,13 @@ pub struct Checkpoint {
     pub mean_active_triplets: f32,
 }
 
+impl Checkpoint {
+    /// The untrained model's figures (step 0).
+    pub fn at_start(metrics: Metrics) -> Self {
+        Self { step: 0, metrics, mean_loss: 0.0, mean_active_triplets: 0.0 }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -138,8 +145,7 @@ pub fn run_mode(
 
     let mut recorded = Vec::new();
     if checkpoints.contains(&0) {
-        let report = evaluate_head(&initial_head(&params)?, data)?;
-        recorded.push(Checkpoint { step: 0, metrics: report.metrics, mean_loss: 0.0, mean_active_triplets: 0.0 });
+        recorded.push(Checkpoint::at_start(evaluate_head(&initial_head(&params)?, data)?.metrics));
     }
     let (mut loss_sum, mut active_sum, mut since, mut steps) = (0.0f64, 0usize, 0usize, 0usize);
     let mut eval_time = Duration::ZERO;
