@@ -1,6 +1,7 @@
 //! Learning the catalogue, over real HTTP on real Fashion-MNIST images with
 //! the real pretrained backbone: a default finetune job raises held-out
-//! MAP@R, publishes its charts and is promoted; searches switch models in one
+//! MAP@R and publishes its charts, but lowers Recall@5 and is refused by
+//! `if_better`; promoted anyway, it serves searches; searches switch models in one
 //! swap under load; a rollback goes through a reindex job; a canceled job
 //! changes nothing; an interrupted one is resumed after a restart.
 
@@ -48,7 +49,7 @@ async fn png_artifact(client: &Client, job: &str, file: &str) -> image::DynamicI
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn default_finetune_beats_the_pretrained_model_and_is_promoted() {
+async fn default_finetune_raises_map_at_r_is_refused_for_its_recall_then_promoted_on_request() {
     let data = tempfile::tempdir().expect("tempdir");
     let subset = support::fashion_subset(100, 20);
     let (server, client) = support::start(support::settings(data.path())).await;
@@ -58,22 +59,41 @@ async fn default_finetune_beats_the_pretrained_model_and_is_promoted() {
     let query = &subset.queries[0].1;
     assert_eq!(search(&client, "fashion", query).await.0, pretrained);
 
+    // The default job (head only, promote: if_better) doubles held-out MAP@R on these 1,000
+    // items but lowers Recall@5 from 0.94 to 0.88 (6 of its 100 held-out queries; the noise margin
+    // is 0.024): the model issue 11 is about, and the rule refuses it.
     let queued = finetune(&client, "fashion", json!({})).await;
     assert_eq!(queued["params"]["mining"], "offline+online", "the job shows the defaults it runs with");
-    let job = client.wait_job(queued["id"].as_str().expect("id")).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let result = &job["result"];
-    let before = result["eval"]["before"]["map_at_r"].as_f64().expect("before");
-    let after = result["eval"]["after"]["map_at_r"].as_f64().expect("after");
+    let refused = client.wait_job(queued["id"].as_str().expect("id")).await;
+    assert_eq!(refused["status"], "succeeded", "{refused}");
+    let result = &refused["result"];
+    let metric = |which: &str, name: &str| result["eval"][which][name].as_f64().expect("metric");
+    let (before, after) = (metric("before", "map_at_r"), metric("after", "map_at_r"));
     println!(
-        "held-out MAP@R {before:.4} -> {after:.4} ({:+.1}%), Recall@1 {} -> {}; {} s in all",
+        "held-out MAP@R {before:.4} -> {after:.4} ({:+.1}%), Recall@1 {} -> {}, Recall@5 {} -> {}; {} s in all",
         100.0 * (after / before - 1.0),
         result["eval"]["before"]["recall_at_1"],
         result["eval"]["after"]["recall_at_1"],
+        result["eval"]["before"]["recall_at_5"],
+        result["eval"]["after"]["recall_at_5"],
         result["seconds"]["total"]
     );
     assert!(after >= before * (1.0 + MIN_RELATIVE_MAP_GAIN), "MAP@R {before:.4} -> {after:.4}: {result}");
-    assert_eq!(result["promoted"], true);
+    assert!(metric("after", "recall_at_5") < metric("before", "recall_at_5") - 0.024, "{result}");
+    assert_eq!((&result["promoted"], &result["rule"]), (&json!(false), &json!("recall5_fell")), "{result}");
+    assert!(result["decision"].as_str().expect("decision").contains("Recall@5 fell"), "{result}");
+    assert!(result["seconds"].get("indexing").is_none(), "nothing is indexed for a refused model: {result}");
+    assert_eq!(search(&client, "fashion", query).await.0, pretrained, "the pretrained model still serves");
+    let refused_model = result["model"].as_str().expect("model id").to_owned();
+
+    // The same training (same seed, same data: the same head) with promote: always goes into
+    // service.
+    let job = finetune(&client, "fashion", json!({"promote": "always"})).await;
+    let job = client.wait_job(job["id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    assert_eq!((&result["promoted"], &result["rule"]), (&json!(true), &json!("always")), "{result}");
+    assert_eq!(result["eval"]["after"]["map_at_r"].as_f64(), Some(after), "the same model: {result}");
     assert_eq!(result["parent"], pretrained.as_str());
     assert!(result["mining"]["thresholds"]["positive"].as_f64().expect("t_pos") > 0.0, "{result}");
     assert!(result["mining"]["anchors_with_injected_positive"].as_u64().expect("injected") > 0, "{result}");
@@ -96,14 +116,15 @@ async fn default_finetune_beats_the_pretrained_model_and_is_promoted() {
 
     let (_, models) = client.get("/datasets/fashion/models").await;
     let models = models["models"].as_array().expect("models").clone();
-    assert_eq!(models.len(), 2, "{models:?}");
+    assert_eq!(models.len(), 3, "{models:?}");
     assert_eq!(
         (&models[0]["id"], &models[0]["active"], &models[0]["parent"]),
         (&json!(pretrained), &json!(false), &Value::Null)
     );
-    assert_eq!((&models[1]["id"], &models[1]["active"]), (&json!(model), &json!(true)));
-    assert_eq!(models[1]["parent"], pretrained.as_str());
-    assert_eq!(models[1]["eval"]["map_at_r"].as_f64(), Some(after));
+    assert_eq!((&models[1]["id"], &models[1]["active"]), (&json!(refused_model), &json!(false)), "kept, inactive");
+    assert_eq!((&models[2]["id"], &models[2]["active"]), (&json!(model), &json!(true)));
+    assert_eq!(models[2]["parent"], pretrained.as_str());
+    assert_eq!(models[2]["eval"]["map_at_r"].as_f64(), Some(after));
     assert_eq!(models[0]["eval"]["map_at_r"].as_f64(), Some(before));
     let (_, dataset) = client.get("/datasets/fashion").await;
     assert_eq!(dataset["model"], model.as_str());

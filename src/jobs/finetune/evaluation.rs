@@ -55,13 +55,20 @@ pub enum Rule {
 }
 
 /// The promotion rule. `if_better` promotes only a model whose held-out MAP@R is higher and whose
-/// Recall@1 and Recall@5 are each at most `recall_tolerance` below the active model's: a model that
-/// tightens whole classes but loses the first results a user sees is refused.
-pub fn decide(promote: Promote, before: &Metrics, after: &Metrics, recall_tolerance: f64) -> Decision {
+/// Recall@1 and Recall@5 are each no more than their noise margin below the active model's: a
+/// model that tightens whole classes but loses the first results a user sees is refused. A
+/// recall's noise margin is `recall_tolerance`, or the standard error of the active model's
+/// recall over `queries` held-out queries, `√(p(1 − p)/queries)`, when that is larger (with 100
+/// queries one query is 0.01 of recall, and a fall of one or two is noise).
+pub fn decide(promote: Promote, before: &Metrics, after: &Metrics, recall_tolerance: f64, queries: usize) -> Decision {
     let decision = |promoted, rule, reason: String| Decision { promoted, rule, reason };
     let map = format!("held-out MAP@R {:.4} → {:.4}", before.map_at_r, after.map_at_r);
+    let margin = |p: f64| recall_tolerance.max((p * (1.0 - p) / queries.max(1) as f64).sqrt());
     let fell = |name: &str, before: f64, after: f64| {
-        format!("{map} rose, but {name} fell {before:.4} → {after:.4}, more than the tolerance {recall_tolerance}")
+        format!(
+            "{map} rose, but {name} fell {before:.4} → {after:.4}, more than its noise margin {:.4} ({queries} queries)",
+            margin(before)
+        )
     };
     match promote {
         Promote::Always => decision(true, Rule::Always, format!("promote is always ({map})")),
@@ -69,18 +76,24 @@ pub fn decide(promote: Promote, before: &Metrics, after: &Metrics, recall_tolera
         Promote::IfBetter if after.map_at_r <= before.map_at_r => {
             decision(false, Rule::MapDidNotRise, format!("{map}: did not rise"))
         }
-        Promote::IfBetter if after.recall_at_1 < before.recall_at_1 - recall_tolerance => {
+        Promote::IfBetter if after.recall_at_1 < before.recall_at_1 - margin(before.recall_at_1) => {
             decision(false, Rule::Recall1Fell, fell("Recall@1", before.recall_at_1, after.recall_at_1))
         }
-        Promote::IfBetter if after.recall_at_5 < before.recall_at_5 - recall_tolerance => {
+        Promote::IfBetter if after.recall_at_5 < before.recall_at_5 - margin(before.recall_at_5) => {
             decision(false, Rule::Recall5Fell, fell("Recall@5", before.recall_at_5, after.recall_at_5))
         }
         Promote::IfBetter => decision(
             true,
             Rule::Better,
             format!(
-                "{map} rose; Recall@1 {:.4} → {:.4} and Recall@5 {:.4} → {:.4}, within the tolerance {recall_tolerance}",
-                before.recall_at_1, after.recall_at_1, before.recall_at_5, after.recall_at_5
+                "{map} rose; Recall@1 {:.4} → {:.4} and Recall@5 {:.4} → {:.4}, within their noise margins {:.4} and \
+                 {:.4} ({queries} queries)",
+                before.recall_at_1,
+                after.recall_at_1,
+                before.recall_at_5,
+                after.recall_at_5,
+                margin(before.recall_at_1),
+                margin(before.recall_at_5)
             ),
         ),
     }
@@ -104,7 +117,7 @@ pub(super) fn before_and_after(
     let before = evaluate(&parent, catalogue, &queries, &split.train, device)?;
     run.cancel.check()?;
     let after = evaluate(&model, catalogue, &queries, &split.train, device)?;
-    let decision = decide(params.promote, &before, &after, params.recall_tolerance);
+    let decision = decide(params.promote, &before, &after, params.recall_tolerance, queries.len());
     Ok(Evaluation { parent, model, before, after, queries: queries.len(), decision })
 }
 
@@ -165,29 +178,37 @@ mod tests {
         assert_eq!((before.recall_at_1, before.recall_at_5), (1.0, 1.0));
         assert_eq!((after.recall_at_1, after.recall_at_5), (0.9, 0.9));
 
-        let refused = decide(Promote::IfBetter, &before, &after, 0.005);
+        let refused = decide(Promote::IfBetter, &before, &after, 0.005, 10);
         assert!(!refused.promoted);
         // Recall@1 fell too, and is checked first; with a tolerance that lets Recall@1's fall
         // pass, Recall@5's still refuses the model.
         assert_eq!(refused.rule, Rule::Recall1Fell);
         let only_recall_5 = Metrics { recall_at_1: before.recall_at_1, ..after };
-        let refused = decide(Promote::IfBetter, &before, &only_recall_5, 0.005);
+        let refused = decide(Promote::IfBetter, &before, &only_recall_5, 0.005, 10);
         assert_eq!((refused.promoted, refused.rule), (false, Rule::Recall5Fell));
         assert!(refused.reason.contains("Recall@5 fell 1.0000 → 0.9000"), "{}", refused.reason);
         // The same model passes when the tolerance covers the fall, and `always` ignores it.
-        assert_eq!(decide(Promote::IfBetter, &before, &after, 0.2).rule, Rule::Better);
-        assert!(decide(Promote::Always, &before, &after, 0.0).promoted);
+        assert_eq!(decide(Promote::IfBetter, &before, &after, 0.2, 10).rule, Rule::Better);
+        assert!(decide(Promote::Always, &before, &after, 0.0, 10).promoted);
     }
 
     #[test]
-    fn if_better_needs_map_at_r_to_rise_and_allows_recall_within_the_tolerance() {
+    fn if_better_needs_map_at_r_to_rise_and_allows_recall_within_its_noise_margin() {
         let before = Metrics { recall_at_1: 0.90, recall_at_5: 0.97, recall_at_10: 0.98, map_at_r: 0.50 };
-        let same = decide(Promote::IfBetter, &before, &before, 0.005);
+        let same = decide(Promote::IfBetter, &before, &before, 0.005, 2000);
         assert_eq!((same.promoted, same.rule), (false, Rule::MapDidNotRise));
-        let slightly_lower = Metrics { recall_at_1: 0.897, recall_at_5: 0.966, recall_at_10: 0.90, map_at_r: 0.6 };
-        let promoted = decide(Promote::IfBetter, &before, &slightly_lower, 0.005);
-        assert_eq!((promoted.promoted, promoted.rule), (true, Rule::Better));
-        let never = decide(Promote::Never, &before, &slightly_lower, 0.005);
+        // With 2000 queries the margins are the tolerance (0.005) and √(0.9·0.1/2000) = 0.0067.
+        let slightly_lower = Metrics { recall_at_1: 0.894, recall_at_5: 0.966, recall_at_10: 0.90, map_at_r: 0.6 };
+        let promoted = decide(Promote::IfBetter, &before, &slightly_lower, 0.005, 2000);
+        assert_eq!((promoted.promoted, promoted.rule), (true, Rule::Better), "{}", promoted.reason);
+        let lower = Metrics { recall_at_1: 0.892, ..slightly_lower };
+        assert_eq!(decide(Promote::IfBetter, &before, &lower, 0.005, 2000).rule, Rule::Recall1Fell);
+        // With 100 queries a fall of two queries (0.02) is within the standard error (0.03).
+        assert_eq!(
+            decide(Promote::IfBetter, &before, &Metrics { recall_at_1: 0.88, ..lower }, 0.005, 100).rule,
+            Rule::Better
+        );
+        let never = decide(Promote::Never, &before, &slightly_lower, 0.005, 2000);
         assert_eq!((never.promoted, never.rule), (false, Rule::Never));
     }
 }
