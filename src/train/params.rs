@@ -71,7 +71,8 @@ pub struct FinetuneParams {
     pub holdout: f64,
     pub max_eval_queries: usize,
     pub promote: Promote,
-    /// How far `if_better` lets held-out Recall@1 and Recall@5 fall (sampling noise).
+    /// How far `if_better` lets held-out Recall@1 and Recall@5 fall at least (each recall's noise
+    /// margin is the larger of this and its standard error: `evaluation::decide`).
     pub recall_tolerance: f64,
     pub positive_quantile: f64,
     pub negative_quantile: f64,

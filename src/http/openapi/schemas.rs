@@ -52,11 +52,12 @@ pub struct FinetuneParams {
     #[schema(minimum = 1, default = 2000)]
     max_eval_queries: Option<u32>,
     /// When the trained model is activated: `if_better` (its held-out MAP@R beats the active
-    /// model's, and its Recall@1 and Recall@5 are each at most `recall_tolerance` lower),
+    /// model's, and its Recall@1 and Recall@5 are each no more than their noise margin lower),
     /// `always` or `never`.
     #[schema(value_type = Option<String>, pattern = "^(if_better|always|never)$", default = "if_better")]
     promote: Option<String>,
-    /// How far `if_better` lets held-out Recall@1 and Recall@5 fall (sampling noise).
+    /// How far `if_better` lets held-out Recall@1 and Recall@5 fall at least; each recall's noise
+    /// margin is the larger of this and its standard error over the held-out queries.
     #[schema(minimum = 0.0, maximum = 1.0, default = 0.005)]
     recall_tolerance: Option<f64>,
     /// Same-label pairs farther than this quantile of all positive distances are hard positives.
