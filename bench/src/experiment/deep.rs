@@ -21,9 +21,8 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use candle_core::{D, Device, Module, Tensor};
@@ -31,15 +30,15 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::features::{self, Features};
-use super::runs::{Checkpoint, Mode, Outcome};
+use super::runs::{Checkpoint, Mode, Outcome, Recorder};
 use fashion_mnist::{self, Sample, Split};
 use lookalike::network::EmbeddingModel;
 use lookalike::network::lite0::{BLOCKS, Lite0};
 use lookalike::network::preprocess::{batch_tensor, prepare};
 use lookalike::train::retrieval::{self, Metrics};
 use lookalike::train::{
-    BackboneTail, EmbeddingHead, OfflineMiningParams, PkSampler, PkShape, StepReport, TrainError, TrainParams,
-    mine_offline, train_head, train_tail,
+    BackboneTail, EmbeddingHead, OfflineMiningParams, PkSampler, PkShape, TrainError, TrainParams, mine_offline,
+    train_head, train_tail,
 };
 
 /// The block whose inputs are cached: runs may train up to `BLOCKS − CACHE_BLOCK` = 5 blocks.
@@ -150,7 +149,7 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
     let params = TrainParams { epochs: config.budget.div_ceil(per_epoch).max(1), ..params };
     let data = EvalData { catalogue_labels: &catalogue_labels, query_labels: &query_labels };
 
-    let mut recorder = Recorder::new(config);
+    let mut recorder = Recorder::new(config.budget, &config.checkpoints);
     let train_started = Instant::now();
     let trained = if config.blocks == 0 {
         let evaluate = |head: &EmbeddingHead| -> anyhow::Result<Metrics> {
@@ -221,68 +220,6 @@ struct EvalData<'a> {
 impl EvalData<'_> {
     fn metrics(&self, queries: &[f32], gallery: &[f32], dim: usize) -> anyhow::Result<Metrics> {
         Ok(retrieval::evaluate(queries, self.query_labels, gallery, self.catalogue_labels, dim, &Device::Cpu)?.metrics)
-    }
-}
-
-/// The observer's state: steps, checkpoints, and the time spent evaluating them.
-struct Recorder {
-    budget: usize,
-    at: Vec<usize>,
-    steps: usize,
-    since: usize,
-    loss_sum: f64,
-    active_sum: usize,
-    checkpoints: Vec<Checkpoint>,
-    eval_time: Duration,
-    error: Option<anyhow::Error>,
-}
-
-impl Recorder {
-    fn new(config: &DeepConfig) -> Self {
-        Self {
-            budget: config.budget,
-            at: config.checkpoints.clone(),
-            steps: 0,
-            since: 0,
-            loss_sum: 0.0,
-            active_sum: 0,
-            checkpoints: Vec::new(),
-            eval_time: Duration::ZERO,
-            error: None,
-        }
-    }
-
-    fn observe(&mut self, report: &StepReport, evaluate: impl FnOnce() -> anyhow::Result<Metrics>) -> ControlFlow<()> {
-        self.steps = report.step + 1;
-        self.loss_sum += f64::from(report.loss);
-        self.active_sum += report.active_triplets;
-        self.since += 1;
-        if self.at.contains(&self.steps) {
-            let started = Instant::now();
-            match evaluate() {
-                Ok(metrics) => {
-                    tracing::info!(
-                        steps = self.steps,
-                        ?metrics,
-                        loss = self.loss_sum / self.since as f64,
-                        "checkpoint"
-                    );
-                    self.checkpoints.push(Checkpoint {
-                        step: self.steps,
-                        metrics,
-                        mean_loss: (self.loss_sum / self.since as f64) as f32,
-                        mean_active_triplets: self.active_sum as f32 / self.since as f32,
-                    });
-                    (self.loss_sum, self.active_sum, self.since) = (0.0, 0, 0);
-                }
-                Err(error) => {
-                    self.error = Some(error);
-                    return ControlFlow::Break(());
-                }
-            }
-            self.eval_time += started.elapsed();
-        }
-        if self.steps >= self.budget { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     }
 }
 

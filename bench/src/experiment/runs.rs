@@ -143,51 +143,21 @@ pub fn run_mode(
     let per_epoch = PkSampler::new(data.catalogue_labels, shape, params.seed)?.batches_per_epoch();
     let params = TrainParams { epochs: budget.div_ceil(per_epoch).max(1), ..params };
 
-    let mut recorded = Vec::new();
+    let mut recorder = Recorder::new(budget, checkpoints);
     if checkpoints.contains(&0) {
-        recorded.push(Checkpoint::at_start(evaluate_head(&initial_head(&params)?, data)?.metrics));
+        recorder.checkpoints.push(Checkpoint::at_start(evaluate_head(&initial_head(&params)?, data)?.metrics));
     }
-    let (mut loss_sum, mut active_sum, mut since, mut steps) = (0.0f64, 0usize, 0usize, 0usize);
-    let mut eval_time = Duration::ZERO;
-    let mut eval_error = None;
     let started = Instant::now();
-    let mut observer = |report: &StepReport, head: &EmbeddingHead| {
-        steps = report.step + 1;
-        loss_sum += f64::from(report.loss);
-        active_sum += report.active_triplets;
-        since += 1;
-        if checkpoints.contains(&steps) {
-            let eval_started = Instant::now();
-            match evaluate_head(head, data) {
-                Ok(evaluated) => {
-                    tracing::info!(
-                        mode = mode.name,
-                        seed = params.seed,
-                        steps,
-                        map_at_r = evaluated.metrics.map_at_r,
-                        "checkpoint"
-                    );
-                    recorded.push(Checkpoint {
-                        step: steps,
-                        metrics: evaluated.metrics,
-                        mean_loss: (loss_sum / since as f64) as f32,
-                        mean_active_triplets: active_sum as f32 / since as f32,
-                    });
-                    (loss_sum, active_sum, since) = (0.0, 0, 0);
-                }
-                Err(error) => {
-                    eval_error = Some(error);
-                    return ControlFlow::Break(());
-                }
-            }
-            eval_time += eval_started.elapsed();
-        }
-        if steps >= budget { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    };
-    let trained =
-        train_head(data.catalogue, data.catalogue_labels, Some(data.injected), &params, &Device::Cpu, &mut observer);
+    let trained = train_head(
+        data.catalogue,
+        data.catalogue_labels,
+        Some(data.injected),
+        &params,
+        &Device::Cpu,
+        &mut |report, head| recorder.observe(report, || Ok(evaluate_head(head, data)?.metrics)),
+    );
     let total = started.elapsed();
-    if let Some(error) = eval_error {
+    if let Some(error) = recorder.error {
         return Err(error.context(format!("evaluating {} at a checkpoint", mode.name)));
     }
     let outcome = match trained {
@@ -197,17 +167,87 @@ pub fn run_mode(
         Err(error @ (TrainError::Collapsed { .. } | TrainError::Diverged { .. })) => Outcome::Failed(error.to_string()),
         Err(other) => return Err(other.into()),
     };
-    let train_seconds = total.saturating_sub(eval_time).as_secs_f64();
+    let train_seconds = total.saturating_sub(recorder.eval_time).as_secs_f64();
     Ok(RunResult {
         mode,
         seed: params.seed,
         outcome,
-        steps,
-        checkpoints: recorded,
+        steps: recorder.steps,
+        checkpoints: recorder.checkpoints,
         train_seconds,
-        steps_per_second: steps as f64 / train_seconds.max(f64::MIN_POSITIVE),
-        eval_seconds: eval_time.as_secs_f64(),
+        steps_per_second: recorder.steps as f64 / train_seconds.max(f64::MIN_POSITIVE),
+        eval_seconds: recorder.eval_time.as_secs_f64(),
     })
+}
+
+/// The observer's state: steps, checkpoints, and the time spent evaluating them.
+pub struct Recorder {
+    budget: usize,
+    at: Vec<usize>,
+    /// Steps taken.
+    pub steps: usize,
+    since: usize,
+    loss_sum: f64,
+    active_sum: usize,
+    pub checkpoints: Vec<Checkpoint>,
+    pub eval_time: Duration,
+    /// The evaluation error that stopped training, if one did.
+    pub error: Option<anyhow::Error>,
+}
+
+impl Recorder {
+    pub fn new(budget: usize, checkpoints: &[usize]) -> Self {
+        Self {
+            budget,
+            at: checkpoints.to_vec(),
+            steps: 0,
+            since: 0,
+            loss_sum: 0.0,
+            active_sum: 0,
+            checkpoints: Vec::new(),
+            eval_time: Duration::ZERO,
+            error: None,
+        }
+    }
+
+    /// After each step: counts it, evaluates at a checkpoint (timed apart), and breaks at the
+    /// budget or on an evaluation error.
+    pub fn observe(
+        &mut self,
+        report: &StepReport,
+        evaluate: impl FnOnce() -> anyhow::Result<Metrics>,
+    ) -> ControlFlow<()> {
+        self.steps = report.step + 1;
+        self.loss_sum += f64::from(report.loss);
+        self.active_sum += report.active_triplets;
+        self.since += 1;
+        if self.at.contains(&self.steps) {
+            let started = Instant::now();
+            match evaluate() {
+                Ok(metrics) => {
+                    tracing::info!(
+                        steps = self.steps,
+                        ?metrics,
+                        loss = self.loss_sum / self.since as f64,
+                        "checkpoint"
+                    );
+                    self.checkpoints.push(Checkpoint {
+                        step: self.steps,
+                        metrics,
+                        mean_loss: (self.loss_sum / self.since as f64) as f32,
+                        mean_active_triplets: self.active_sum as f32 / self.since as f32,
+                    });
+                    (self.loss_sum, self.active_sum, self.since) = (0.0, 0, 0);
+                }
+                Err(error) => {
+                    self.error = Some(error);
+                    return ControlFlow::Break(());
+                }
+            }
+            self.eval_time += started.elapsed();
+        }
+        if self.steps >= self.budget { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }
 }
 
 #[cfg(test)]
