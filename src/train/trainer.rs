@@ -1,6 +1,9 @@
 //! Triplet training: fits an [`EmbeddingHead`] on cached backbone features ([`train_head`]), and
 //! the loop it shares with the backbone's tail ([`train_model`], `super::tail::train_tail`).
 //!
+//! Over 400 lines: the parameters, the loop, its errors and the collapse guard it checks every
+//! step are read together; the guard could move to a module of its own.
+//!
 //! [`train_head`] takes every training item's cached backbone feature row and label, and runs
 //! `epochs` passes of P×K batches from a [`PkSampler`]. Each step embeds the batch's rows through
 //! the head, computes [`pairwise_distances`], [`mine`]s triplets on [`distances_to_vec`], takes the
