@@ -303,19 +303,7 @@ impl Lite0 {
         if c != 3 || h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
             candle_core::bail!("Lite0 wants N×3×S×S with S ≥ {MIN_INPUT_SIZE}, got {:?}", x.dims());
         }
-        let n = x.dim(0)?;
-        if n > 1 && x.device().is_cpu() {
-            // On the CPU one image per task beats one batched pass: a batch of 32 at
-            // 224 px is 150 MB of activations per layer, far past the caches, and small
-            // late layers split badly across threads. Each image's ops still fan out
-            // over idle threads when there are fewer images than threads.
-            let rows = (0..n)
-                .into_par_iter()
-                .map(|i| self.pooled(&x.narrow(0, i, 1)?))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            return Tensor::cat(&rows, 0);
-        }
-        self.pooled(x)
+        per_image(x, |one| self.pooled(one))
     }
 
     /// The forward pass behind [`features`](Self::features), over the whole batch at once.
@@ -337,21 +325,14 @@ impl Lite0 {
     /// network gives a trained tail (`crate::train::tail`); [`Lite0::features_from`] continues from
     /// here, and so does a tail built from [`Lite0::tail_weights`].
     pub fn block_input(&self, x: &Tensor, first_block: usize) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
+        let (_, c, h, w) = x.dims4()?;
         if c != 3 || h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
             candle_core::bail!("Lite0 wants N×3×S×S with S ≥ {MIN_INPUT_SIZE}, got {:?}", x.dims());
         }
         if first_block > BLOCKS {
             candle_core::bail!("Lite0 has {BLOCKS} blocks, not {first_block}");
         }
-        let one = |x: &Tensor| self.forward_blocks(&self.stem.forward(x, true)?, 0, first_block);
-        if n > 1 && x.device().is_cpu() {
-            // One image per task, as in `features`.
-            let rows =
-                (0..n).into_par_iter().map(|i| one(&x.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
-            return Tensor::cat(&rows, 0);
-        }
-        one(x)
+        per_image(x, |one| self.forward_blocks(&self.stem.forward(one, true)?, 0, first_block))
     }
 
     /// The activations entering block `to` from those entering block `from` (`from ≤ to ≤ BLOCKS`).
@@ -369,15 +350,7 @@ impl Lite0 {
     /// The pooled features of [`features`](Self::features), from the activations entering block
     /// `first_block` (N×H×W×C, as [`block_input`](Self::block_input) gives them).
     pub fn features_from(&self, y: &Tensor, first_block: usize) -> candle_core::Result<Tensor> {
-        let n = y.dim(0)?;
-        if n > 1 && y.device().is_cpu() {
-            let rows = (0..n)
-                .into_par_iter()
-                .map(|i| self.pooled_from(&y.narrow(0, i, 1)?, first_block))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            return Tensor::cat(&rows, 0);
-        }
-        self.pooled_from(y, first_block)
+        per_image(y, |one| self.pooled_from(one, first_block))
     }
 
     /// The folded weights of the blocks from `first_block` on and of the head convolution (the
@@ -402,6 +375,20 @@ impl Lite0 {
     pub fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.features(x)?.matmul(&self.fc_weight)?.broadcast_add(&self.fc_bias)
     }
+}
+
+/// `pass` over a batch. On the CPU one image per task beats one batched pass: a batch of 32 at
+/// 224 px is 150 MB of activations per layer, far past the caches, and small late layers split
+/// badly across threads. Each image's ops still fan out over idle threads when there are fewer
+/// images than threads. Elsewhere, one pass over the whole batch.
+fn per_image(x: &Tensor, pass: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync) -> candle_core::Result<Tensor> {
+    let n = x.dim(0)?;
+    if n > 1 && x.device().is_cpu() {
+        let rows =
+            (0..n).into_par_iter().map(|i| pass(&x.narrow(0, i, 1)?)).collect::<candle_core::Result<Vec<_>>>()?;
+        return Tensor::cat(&rows, 0);
+    }
+    pass(x)
 }
 
 /// The imported state dict, by key.

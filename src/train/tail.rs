@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Result, Shape, Tensor, Var, bail};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 
 use super::head::EmbeddingHead;
 use super::trainer::{StepReport, TrainError, TrainParams, train_model};
@@ -87,14 +87,13 @@ impl BackboneTail {
     pub fn new(weights: &TailWeights, embedding_dim: usize, head_seed: u64) -> Result<Self> {
         let device = weights.head.weight.device().clone();
         let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         // Each weight is copied into a new Var under `name`, so that training never writes into
-        // the caller's (the model's) storage, and read back as the tensor the forward pass uses.
+        // the caller's (the model's) storage; the forward pass uses the Var's tensor.
         let var = |name: String, tensor: &Tensor| -> Result<Tensor> {
-            let mut data = varmap.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
-            data.insert(name.clone(), Var::from_tensor(&tensor.copy()?)?);
-            drop(data);
-            vb.get(tensor.dims(), &name)
+            let var = Var::from_tensor(&tensor.copy()?)?;
+            let trained = var.as_tensor().clone();
+            varmap.data().lock().map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?.insert(name, var);
+            Ok(trained)
         };
         let layer = |name: String, folded: &FoldedWeights, weight: Tensor| -> Result<Layer> {
             Ok((var(format!("{name}.weight"), &weight)?, var(format!("{name}.bias"), &folded.bias)?))

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::features::{self, Features};
+use super::read_subset;
 use super::runs::{Checkpoint, Mode, Outcome, Recorder};
 use fashion_mnist::{self, Sample, Split};
 use lookalike::network::EmbeddingModel;
@@ -297,14 +298,6 @@ fn embed_through(tail: &BackboneTail, inputs: &Tensor) -> anyhow::Result<Vec<f32
         rows.extend(tail.forward(&chunk)?.detach().flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(rows)
-}
-
-fn read_subset(source: &Path, split: Split, per_label: usize) -> anyhow::Result<Vec<Sample>> {
-    let samples = fashion_mnist::read_split(source, split)?;
-    if per_label == 0 {
-        return Ok(samples);
-    }
-    Ok(fashion_mnist::balanced_subset(&samples, per_label).into_iter().cloned().collect())
 }
 
 /// Imports the legacy `.pth` that scripts/test-assets.sh fetches beside `weights` when the

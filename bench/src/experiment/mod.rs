@@ -156,8 +156,8 @@ pub fn run(config: &ExperimentConfig) -> anyhow::Result<ExperimentResults> {
     let started = Instant::now();
     let model = EmbeddingModel::load(&config.weights, config.input_size, &Device::Cpu)
         .with_context(|| format!("loading {}", config.weights.display()))?;
-    let catalogue_samples = read_subset(config, Split::Train, config.catalogue_per_label)?;
-    let query_samples = read_subset(config, Split::Test, config.queries_per_label)?;
+    let catalogue_samples = read_subset(&config.source, Split::Train, config.catalogue_per_label)?;
+    let query_samples = read_subset(&config.source, Split::Test, config.queries_per_label)?;
     let catalogue_labels: Vec<u32> = catalogue_samples.iter().map(|s| u32::from(s.label)).collect();
     let query_labels: Vec<u32> = query_samples.iter().map(|s| u32::from(s.label)).collect();
 
@@ -226,8 +226,8 @@ pub fn run(config: &ExperimentConfig) -> anyhow::Result<ExperimentResults> {
 }
 
 /// The first `per_label` samples of each label of `split` (all of them for 0), in file order.
-fn read_subset(config: &ExperimentConfig, split: Split, per_label: usize) -> anyhow::Result<Vec<Sample>> {
-    let samples = fashion_mnist::read_split(&config.source, split)?;
+pub fn read_subset(source: &std::path::Path, split: Split, per_label: usize) -> anyhow::Result<Vec<Sample>> {
+    let samples = fashion_mnist::read_split(source, split)?;
     if per_label == 0 {
         return Ok(samples);
     }
