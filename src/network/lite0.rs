@@ -61,6 +61,24 @@ const STAGES: [Stage; 7] = [
     stage(6, 3, 1, 1, 320),
 ];
 
+/// Stride and residual of block `block` (0 to [`BLOCKS`] − 1): what a saved tail's weights do
+/// not say. `None` past the last block.
+pub fn block_layout(block: usize) -> Option<(usize, bool)> {
+    let mut channels = STEM_CHANNELS;
+    let mut index = 0;
+    for stage in &STAGES {
+        for repeat in 0..stage.repeats {
+            let stride = if repeat == 0 { stage.stride } else { 1 };
+            if index == block {
+                return Some((stride, stride == 1 && channels == stage.out_channels));
+            }
+            channels = stage.out_channels;
+            index += 1;
+        }
+    }
+    None
+}
+
 /// How a folded convolution is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConvKind {
@@ -75,7 +93,7 @@ enum ConvKind {
 }
 
 /// A convolution with its batch norm folded in: `conv(x, weight) + bias`.
-struct FoldedConv {
+pub(super) struct FoldedConv {
     kind: ConvKind,
     weight: Tensor,
     bias: Tensor,
@@ -116,7 +134,7 @@ impl FoldedConv {
         Ok(Self { kind, weight: weight.contiguous()?, bias, in_channels, out_channels: c_out, kernel: kh, stride })
     }
 
-    fn forward(&self, x: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, relu6: bool) -> candle_core::Result<Tensor> {
         self.forward_with(x, None, relu6)
     }
 
@@ -162,7 +180,7 @@ impl FoldedConv {
 }
 
 /// An inverted-residual (MBConv) block without squeeze-and-excitation.
-struct Block {
+pub(super) struct Block {
     expand: Option<FoldedConv>,
     depthwise: FoldedConv,
     project: FoldedConv,
@@ -170,7 +188,17 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// The block that `weights` describe (the layouts of [`BlockWeights`]), e.g. a trained one.
+    pub(super) fn from_weights(weights: &BlockWeights) -> Result<Self> {
+        Ok(Self {
+            expand: weights.expand.as_ref().map(FoldedConv::pointwise).transpose()?,
+            depthwise: FoldedConv::depthwise(&weights.depthwise, weights.stride)?,
+            project: FoldedConv::pointwise(&weights.project)?,
+            residual: weights.residual,
+        })
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut y = x.clone();
         if let Some(expand) = &self.expand {
             y = expand.forward(&y, true)?;
@@ -190,6 +218,24 @@ pub struct FoldedWeights {
 impl FoldedConv {
     fn folded_weights(&self) -> FoldedWeights {
         FoldedWeights { weight: self.weight.clone(), bias: self.bias.clone() }
+    }
+
+    /// A 1×1 convolution from folded weights C_in×C_out.
+    pub(super) fn pointwise(folded: &FoldedWeights) -> Result<Self> {
+        let (in_channels, out_channels) = folded.weight.dims2().context("pointwise weight")?;
+        ensure!(folded.bias.dims() == [out_channels], "pointwise bias: shape {:?}", folded.bias.dims());
+        let (weight, bias) = (folded.weight.contiguous()?, folded.bias.clone());
+        Ok(Self { kind: ConvKind::Pointwise, weight, bias, in_channels, out_channels, kernel: 1, stride: 1 })
+    }
+
+    /// A depthwise convolution from folded weights k×k×C.
+    fn depthwise(folded: &FoldedWeights, stride: usize) -> Result<Self> {
+        let (kernel, kw, channels) = folded.weight.dims3().context("depthwise weight")?;
+        ensure!(kernel == kw, "depthwise weight: non-square kernel {kernel}×{kw}");
+        ensure!(folded.bias.dims() == [channels], "depthwise bias: shape {:?}", folded.bias.dims());
+        let (weight, bias) = (folded.weight.contiguous()?, folded.bias.clone());
+        let (in_channels, out_channels) = (channels, channels);
+        Ok(Self { kind: ConvKind::Depthwise, weight, bias, in_channels, out_channels, kernel, stride })
     }
 }
 
@@ -220,6 +266,18 @@ pub struct TailWeights {
     pub blocks: Vec<BlockWeights>,
     /// Weight C_out×1280.
     pub head: FoldedWeights,
+}
+
+impl TailWeights {
+    /// Channels of the activations entering the tail: the first 1×1 weight's rows (C_in×C_out),
+    /// or those of a depthwise weight k×k×C.
+    pub fn in_channels(&self) -> candle_core::Result<usize> {
+        match self.blocks.first() {
+            Some(BlockWeights { expand: Some(expand), .. }) => expand.weight.dim(0),
+            Some(block) => block.depthwise.weight.dim(2),
+            None => self.head.weight.dim(0),
+        }
+    }
 }
 
 /// The loaded network: stem, 16 blocks, head, classifier.
@@ -381,7 +439,10 @@ impl Lite0 {
 /// 224 px is 150 MB of activations per layer, far past the caches, and small late layers split
 /// badly across threads. Each image's ops still fan out over idle threads when there are fewer
 /// images than threads. Elsewhere, one pass over the whole batch.
-fn per_image(x: &Tensor, pass: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync) -> candle_core::Result<Tensor> {
+pub(super) fn per_image(
+    x: &Tensor,
+    pass: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync,
+) -> candle_core::Result<Tensor> {
     let n = x.dim(0)?;
     if n > 1 && x.device().is_cpu() {
         let rows =

@@ -16,6 +16,7 @@ pub mod lite0;
 pub mod nhwc;
 pub mod preprocess;
 mod simd;
+pub mod tail;
 
 use std::path::Path;
 
@@ -79,6 +80,67 @@ impl EmbeddingModel {
         let features = self.backbone.features(&x)?;
         let rows: Vec<Vec<f32>> = features.to_device(&Device::Cpu)?.to_vec2()?;
         Ok(rows.into_iter().map(l2_normalised).collect())
+    }
+
+    /// [`embed`](Self::embed), also keeping the activations entering block `boundary` when asked
+    /// (what a deep generation's trained tail reads): one pass gives both.
+    pub fn embed_at(&self, inputs: &[Vec<f32>], boundary: Option<usize>) -> Result<Vec<Embedded>> {
+        let Some(block) = boundary else {
+            return Ok(self.embed(inputs)?.into_iter().map(|features| Embedded { features, block: None }).collect());
+        };
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = preprocess::batch_tensor(inputs, self.input_size, &self.device)?;
+        let activations = self.backbone.block_input(&x, block)?;
+        let features: Vec<Vec<f32>> =
+            self.backbone.features_from(&activations, block)?.to_device(&Device::Cpu)?.to_vec2()?;
+        let blocks: Vec<Vec<f32>> = activations.flatten_from(1)?.to_device(&Device::Cpu)?.to_vec2()?;
+        Ok(features
+            .into_iter()
+            .zip(blocks)
+            .map(|(f, b)| Embedded { features: l2_normalised(f), block: Some(b) })
+            .collect())
+    }
+
+    /// The activations entering block `block` of a batch of inputs, as one N×H×W×C tensor on the
+    /// CPU (where a tail trains).
+    pub fn block_inputs(&self, inputs: &[Vec<f32>], block: usize) -> Result<candle_core::Tensor> {
+        let x = preprocess::batch_tensor(inputs, self.input_size, &self.device)?;
+        Ok(self.backbone.block_input(&x, block)?.to_device(&Device::Cpu)?)
+    }
+
+    /// The pretrained weights of the blocks from `first_block` on and the head convolution: where
+    /// a trainable tail starts.
+    pub fn tail_weights(&self, first_block: usize) -> Result<lite0::TailWeights> {
+        self.backbone.tail_weights(first_block)
+    }
+
+    /// Values in the activations entering block `block` for one image at `input_size()`
+    /// (H×W×C).
+    pub fn block_len(&self, block: usize) -> Result<usize> {
+        let x = candle_core::Tensor::zeros(
+            (1, 3, self.input_size as usize, self.input_size as usize),
+            candle_core::DType::F32,
+            &self.device,
+        )?;
+        Ok(self.backbone.block_input(&x, block)?.elem_count())
+    }
+}
+
+/// What the shared trunk gives for one image: the pretrained model's features, and the
+/// activations entering a trained tail's first block when one was asked for (H×W×C,
+/// channels-last).
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub features: Vec<f32>,
+    pub block: Option<Vec<f32>>,
+}
+
+impl Embedded {
+    /// What a model that reads block inputs (`Some`) or features (`None`) reads.
+    pub fn into_model_input(self) -> Vec<f32> {
+        self.block.unwrap_or(self.features)
     }
 }
 

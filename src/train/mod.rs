@@ -19,8 +19,9 @@
 //!   without the server;
 //! - [`trainer`]: [`train_head`], the head-only training loop over cached backbone features, with
 //!   its [`TrainParams`], per-step [`StepReport`]s, cancellation and collapse guard;
-//! - [`tail`]: [`BackboneTail`], the backbone's last block and head convolution trained together
-//!   with the head from cached block inputs ([`train_tail`]; benchmarked, not used by jobs yet).
+//! - [`tail`]: [`BackboneTail`], the backbone's last blocks and head convolution trained together
+//!   with the head from block inputs ([`train_tail`]), cached or computed per batch from (augmented)
+//!   images ([`images`]).
 //!
 //! A training step reads: draw a [`PkBatch`], embed its items, compute [`pairwise_distances`],
 //! read them back with [`distances_to_vec`], [`mine`] the triplets, take the [`triplet_loss`]
@@ -33,6 +34,7 @@
 pub mod adamw;
 pub mod distance;
 pub mod head;
+pub mod images;
 pub mod losses;
 pub mod miners;
 pub mod offline;
@@ -59,6 +61,6 @@ pub use offline::{
 pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
 pub use tail::{BackboneTail, train_tail};
 pub use trainer::{
-    COLLAPSE_DISTANCE_GAP, COLLAPSE_LOSS_TOLERANCE, COLLAPSE_WINDOW, StepReport, TrainError, TrainParams, TrainedHead,
-    recall_at_1, train_head,
+    BatchInputs, COLLAPSE_DISTANCE_GAP, COLLAPSE_LOSS_TOLERANCE, COLLAPSE_WINDOW, StepReport, TrainError, TrainParams,
+    TrainedHead, recall_at_1, train_head,
 };

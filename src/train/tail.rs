@@ -15,8 +15,8 @@
 //! distances, mining, the triplet loss, one AdamW step over every weight of the tail and head, the
 //! collapse guard) on block inputs instead of pooled features.
 //!
-//! Not wired into the finetune job yet: `bench/src/bin/train_bench.rs` (behind `bench/train.sh`)
-//! and the experiment's deep runs are its users. A tail owns its weights ([`Var`]s in its own
+//! The finetune job trains one when `trainable_blocks` is above 0, and serves what it learnt
+//! through [`BackboneTail::trained_weights`] and [`crate::network::tail::Tail`]. A tail owns its weights ([`Var`]s in its own
 //! [`VarMap`]); training updates them in place, so one tail is trained by one thread at a time.
 
 use std::collections::HashMap;
@@ -26,9 +26,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Module, Re
 use candle_nn::VarMap;
 
 use super::head::EmbeddingHead;
-use super::trainer::{StepReport, TrainError, TrainParams, train_model};
+use super::trainer::{BatchInputs, StepReport, TrainError, TrainParams, train_model};
 use crate::network::depthwise::{Padding, depthwise_conv2d};
-use crate::network::lite0::{FoldedWeights, TailWeights};
+use crate::network::lite0::{BlockWeights, FoldedWeights, TailWeights};
 
 /// Upper clamp of ReLU6.
 const RELU6_MAX: f64 = 6.0;
@@ -142,6 +142,28 @@ impl BackboneTail {
         all
     }
 
+    /// The trained blocks and head convolution in the layouts of [`TailWeights`] (copies: more
+    /// training leaves them as they are), for [`crate::network::tail::Tail`] to serve.
+    pub fn trained_weights(&self) -> Result<TailWeights> {
+        let folded = |(weight, bias): &Layer| -> Result<FoldedWeights> {
+            Ok(FoldedWeights { weight: weight.copy()?, bias: bias.copy()? })
+        };
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (hidden, _, kernel, _) = block.depthwise.0.dims4()?;
+            // C×1×k×k → k×k×C channels-last.
+            let depthwise = block.depthwise.0.reshape((hidden, kernel, kernel))?.permute((1, 2, 0))?.contiguous()?;
+            blocks.push(BlockWeights {
+                expand: block.expand.as_ref().map(folded).transpose()?,
+                depthwise: FoldedWeights { weight: depthwise, bias: block.depthwise.1.copy()? },
+                project: folded(&block.project)?,
+                stride: block.stride,
+                residual: block.residual,
+            });
+        }
+        Ok(TailWeights { first_block: self.first_block, blocks, head: folded(&self.conv_head)? })
+    }
+
     /// The embedding head at the end of the tail.
     pub fn head(&self) -> &EmbeddingHead {
         &self.head
@@ -228,7 +250,8 @@ impl CustomOp2 for Relu6Grad {
     }
 }
 
-/// Trains `tail` in place on `inputs` (the block inputs of `labels.len()` items, N×H×W×C) with
+/// Trains `tail` in place on `inputs` (the block inputs of `labels.len()` items, N×H×W×C: cached
+/// as one tensor, or computed per batch from images by [`super::images::ImageBatches`]) with
 /// the loop of [`train_head`](super::train_head): `params.epochs` epochs of P×K batches, the
 /// offline-mined positives of `injected` brought into each batch with `params.offline_injection`,
 /// the collapse guard, and the observer after each step (its break is [`TrainError::Canceled`]).
@@ -238,7 +261,7 @@ impl CustomOp2 for Relu6Grad {
 /// of the steps taken.
 pub fn train_tail(
     tail: &BackboneTail,
-    inputs: &Tensor,
+    inputs: &dyn BatchInputs,
     labels: &[u32],
     injected: Option<&HashMap<usize, usize>>,
     params: &TrainParams,

@@ -5,6 +5,7 @@ use candle_core::Device;
 
 use super::*;
 use crate::network::lite0::BlockWeights;
+use crate::network::tail::Tail;
 use crate::rng::SeededRng;
 
 // Input, hidden (expanded) and block output channels, pooled features, embedding: small stand-ins
@@ -248,5 +249,35 @@ fn the_backbone_learns_at_its_own_rate() -> Result<()> {
             assert!(moved > 1e-3, "{name} moved only {moved}");
         }
     }
+    Ok(())
+}
+
+/// What training learnt is what serving runs: after some steps, the trained weights in the
+/// inference layout ([`BackboneTail::trained_weights`]) run by the server's [`Tail`] give the
+/// training graph's features.
+#[test]
+fn the_served_tail_gives_the_trained_features() -> Result<()> {
+    let tail = BackboneTail::new(&tiny_weights(31)?, EMBEDDING, 32)?;
+    let labels: Vec<u32> = (0..16).map(|i| i / 4).collect();
+    let inputs = uniform(&mut SeededRng::new(33), &[16, 6, 6, C_IN], 2.0)?;
+    let params = TrainParams {
+        epochs: 3,
+        batch_classes: 4,
+        batch_per_class: 4,
+        learning_rate: 1e-2,
+        backbone_learning_rate: 1e-2,
+        ..TrainParams::default()
+    };
+    let before = tail.features(&inputs)?.flatten_all()?.to_vec1::<f32>()?;
+    train_tail(&tail, &inputs, &labels, None, &params, &mut |_, _| ControlFlow::Continue(()))
+        .map_err(candle_core::Error::wrap)?;
+    let trained = tail.features(&inputs)?.to_vec2::<f32>()?;
+    let moved = trained.iter().flatten().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 1e-3, "training moved the features only {moved}");
+    let served = Tail::new(&tail.trained_weights()?).map_err(candle_core::Error::wrap)?;
+    let rows: Vec<Vec<f32>> = inputs.flatten_from(1)?.to_vec2()?;
+    let got = served.features(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>()).map_err(candle_core::Error::wrap)?;
+    let gap = trained.iter().flatten().zip(got.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(gap < 1e-5, "served features differ from the trained ones by {gap}");
     Ok(())
 }

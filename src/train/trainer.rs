@@ -205,22 +205,43 @@ pub fn train_head(
     Ok(TrainedHead { head, steps: losses.len(), final_loss, losses })
 }
 
+/// Where a training step's inputs come from: one entry per training item (feature rows for a
+/// head, block activations for a [`BackboneTail`](super::BackboneTail)).
+pub trait BatchInputs {
+    /// Items there are inputs for.
+    fn items(&self) -> candle_core::Result<usize>;
+    /// The inputs of `items` (training-item indices) for optimiser step `step`, stacked along the
+    /// first dimension. `step` lets a source that augments draw the same changes on a rerun.
+    fn batch(&self, step: usize, items: &[usize]) -> candle_core::Result<Tensor>;
+}
+
+/// Cached inputs: row `i` of the tensor is item `i`'s.
+impl BatchInputs for Tensor {
+    fn items(&self) -> candle_core::Result<usize> {
+        self.dim(0)
+    }
+
+    fn batch(&self, _step: usize, items: &[usize]) -> candle_core::Result<Tensor> {
+        let indices: Vec<u32> = items.iter().map(|&item| item as u32).collect();
+        self.index_select(&Tensor::new(indices, self.device())?, 0)
+    }
+}
+
 /// The training loop of [`train_head`] for any embedding `model` whose trainable weights are
-/// `groups` (each with its AdamW learning rate): `inputs` holds one entry per label along its first dimension (feature rows for a
-/// head, block activations for a [`BackboneTail`](super::BackboneTail)); each step feeds the
-/// batch's entries through `model`. Returns every step's loss; the observer's break is
+/// `groups` (each with its AdamW learning rate): `inputs` gives each batch's entries, which each
+/// step feeds through `model`. Returns every step's loss; the observer's break is
 /// [`TrainError::Canceled`].
 pub(super) fn train_model<M: Module>(
     model: &M,
     groups: Vec<(Vec<candle_core::Var>, f64)>,
-    inputs: &Tensor,
+    inputs: &dyn BatchInputs,
     labels: &[u32],
     injected: Option<&HashMap<usize, usize>>,
     params: &TrainParams,
     observer: &mut dyn FnMut(&StepReport, &M) -> ControlFlow<()>,
 ) -> Result<Vec<f32>, TrainError> {
-    if inputs.dim(0)? != labels.len() {
-        return Err(invalid(format!("{:?} inputs for {} labels", inputs.dims(), labels.len())));
+    if inputs.items()? != labels.len() {
+        return Err(invalid(format!("inputs of {} items for {} labels", inputs.items()?, labels.len())));
     }
     let shape = PkShape { labels_per_batch: params.batch_classes, items_per_label: params.batch_per_class };
     let sampler = match (params.offline_injection, injected) {
@@ -239,13 +260,11 @@ pub(super) fn train_model<M: Module>(
     let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
     let mut guard = CollapseGuard::new(params);
     let mut losses = Vec::new();
-    let device = inputs.device();
 
     for epoch in 0..params.epochs {
         for batch in sampler.epoch(epoch as u64) {
             let step = losses.len();
-            let indices: Vec<u32> = batch.items.iter().map(|&item| item as u32).collect();
-            let rows = inputs.index_select(&Tensor::new(indices, device)?, 0)?;
+            let rows = inputs.batch(step, &batch.items)?;
             let distances = pairwise_distances(&model.forward(&rows)?)?;
             let plain = distances_to_vec(&distances)?;
             let triplets = mine(mining, &plain, &batch.labels, params.margin, mining_seeds.next_u64())?;
