@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::network::EmbeddingModel;
+use crate::network::{Embedded, EmbeddingModel};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedError {
@@ -53,13 +53,15 @@ type Reply = oneshot::Sender<Result<Answer, EmbedError>>;
 
 struct Request {
     inputs: Vec<Vec<f32>>,
+    /// Also keep the activations entering this block (a deep generation's tail reads them).
+    boundary: Option<usize>,
     enqueued: Instant,
     reply: Reply,
 }
 
 /// A request's rows and where its time went.
 struct Answer {
-    rows: Vec<Vec<f32>>,
+    rows: Vec<Embedded>,
     timing: EmbedTiming,
 }
 
@@ -98,6 +100,7 @@ pub struct Embedder {
     tx: SyncSender<Request>,
     capacity: usize,
     model: Arc<ModelInfo>,
+    network: Arc<EmbeddingModel>,
     pub stats: Arc<EmbedderStats>,
 }
 
@@ -116,12 +119,21 @@ impl Embedder {
         let (tx, rx) = mpsc::sync_channel::<Request>(settings.queue_capacity.max(1));
         let stats = Arc::new(EmbedderStats::default());
         let thread_stats = stats.clone();
-        thread::Builder::new().name("embedder".into()).spawn(move || run(model, rx, settings, &thread_stats))?;
-        Ok(Self { tx, capacity: settings.queue_capacity.max(1), model: info, stats })
+        let network = Arc::new(model);
+        let thread_network = network.clone();
+        thread::Builder::new()
+            .name("embedder".into())
+            .spawn(move || run(&thread_network, rx, settings, &thread_stats))?;
+        Ok(Self { tx, capacity: settings.queue_capacity.max(1), model: info, network, stats })
     }
 
     pub fn model(&self) -> &ModelInfo {
         &self.model
+    }
+
+    /// The loaded network itself (read-only: its weights seed a trainable tail).
+    pub fn network(&self) -> &EmbeddingModel {
+        &self.network
     }
 
     /// Refuses a query at once (`Overloaded`, counted as rejected) when the
@@ -146,19 +158,21 @@ impl Embedder {
 
     /// Embeds one preprocessed image (a query): refused at once when the queue is full.
     pub async fn embed_one(&self, input: Vec<f32>) -> Result<Vec<f32>, EmbedError> {
-        self.embed_one_timed(input, self.announce()).await.map(|(row, _)| row)
+        self.embed_one_timed(input, None, self.announce()).await.map(|(row, _)| row.features)
     }
 
-    /// [`Self::embed_one`] for a query announced by `arrival`, also telling
-    /// how long it queued and how long its forward pass took.
+    /// [`Self::embed_one`] for a query announced by `arrival`, with the activations entering
+    /// block `boundary` when asked, also telling how long it queued and how long its forward
+    /// pass took.
     pub async fn embed_one_timed(
         &self,
         input: Vec<f32>,
+        boundary: Option<usize>,
         arrival: Arrival,
-    ) -> Result<(Vec<f32>, EmbedTiming), EmbedError> {
+    ) -> Result<(Embedded, EmbedTiming), EmbedError> {
         let (reply, answer) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        let sent = self.tx.try_send(Request { inputs: vec![input], enqueued: Instant::now(), reply });
+        let sent = self.tx.try_send(Request { inputs: vec![input], boundary, enqueued: Instant::now(), reply });
         drop(arrival);
         match sent {
             Ok(()) => {}
@@ -180,12 +194,21 @@ impl Embedder {
     /// Embeds many images for a job, waiting for room in the queue. Call it
     /// from a blocking thread, never from the async runtime.
     pub fn embed_many_blocking(&self, inputs: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(self.embed_many_at_blocking(inputs, None)?.into_iter().map(|row| row.features).collect())
+    }
+
+    /// [`Self::embed_many_blocking`], with the activations entering block `boundary` when asked.
+    pub fn embed_many_at_blocking(
+        &self,
+        inputs: Vec<Vec<f32>>,
+        boundary: Option<usize>,
+    ) -> Result<Vec<Embedded>, EmbedError> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Request { inputs, enqueued: Instant::now(), reply }).is_err() {
+        if self.tx.send(Request { inputs, boundary, enqueued: Instant::now(), reply }).is_err() {
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(EmbedError::Stopped);
         }
@@ -203,7 +226,7 @@ impl Drop for Arrival {
     }
 }
 
-fn run(model: EmbeddingModel, rx: mpsc::Receiver<Request>, settings: EmbedderSettings, stats: &EmbedderStats) {
+fn run(model: &EmbeddingModel, rx: mpsc::Receiver<Request>, settings: EmbedderSettings, stats: &EmbedderStats) {
     let side = model.input_size() as usize;
     let per_pass = (settings.max_forward_pixels / (side * side).max(1)).clamp(1, settings.max_batch.max(1));
     while let Ok(first) = rx.recv() {
@@ -235,23 +258,39 @@ fn run(model: EmbeddingModel, rx: mpsc::Receiver<Request>, settings: EmbedderSet
         if batch.is_empty() {
             continue;
         }
-        let started = Instant::now();
-        let sizes: Vec<usize> = batch.iter().map(|r| r.inputs.len()).collect();
-        let inputs: Vec<Vec<f32>> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.inputs)).collect();
-        let result = embed_chunked(&model, &inputs, per_pass);
-        let forward = started.elapsed();
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.passes.fetch_add(inputs.len().div_ceil(per_pass) as u64, Ordering::Relaxed);
-        stats.images.fetch_add(inputs.len() as u64, Ordering::Relaxed);
-        stats.forward_micros.fetch_add(forward.as_micros() as u64, Ordering::Relaxed);
-        reply_all(batch, &sizes, result, gathering_since..started, forward);
+        // Requests asking for different block activations (queries of generations that train
+        // different tails, during a swap) go through the model in separate passes.
+        batch.sort_by_key(|request| request.boundary);
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let boundary = rest[0].boundary;
+            let split = rest.iter().position(|r| r.boundary != boundary).unwrap_or(rest.len());
+            let later = rest.split_off(split);
+            let mut group = rest;
+            rest = later;
+            let started = Instant::now();
+            let sizes: Vec<usize> = group.iter().map(|r| r.inputs.len()).collect();
+            let inputs: Vec<Vec<f32>> = group.iter_mut().flat_map(|r| std::mem::take(&mut r.inputs)).collect();
+            let result = embed_chunked(model, &inputs, boundary, per_pass);
+            let forward = started.elapsed();
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.passes.fetch_add(inputs.len().div_ceil(per_pass) as u64, Ordering::Relaxed);
+            stats.images.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+            stats.forward_micros.fetch_add(forward.as_micros() as u64, Ordering::Relaxed);
+            reply_all(group, &sizes, result, gathering_since..started, forward);
+        }
     }
 }
 
-fn embed_chunked(model: &EmbeddingModel, inputs: &[Vec<f32>], chunk: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+fn embed_chunked(
+    model: &EmbeddingModel,
+    inputs: &[Vec<f32>],
+    boundary: Option<usize>,
+    chunk: usize,
+) -> Result<Vec<Embedded>, EmbedError> {
     let mut out = Vec::with_capacity(inputs.len());
     for part in inputs.chunks(chunk.max(1)) {
-        out.extend(model.embed(part).map_err(|e| EmbedError::Model(format!("{e:#}")))?);
+        out.extend(model.embed_at(part, boundary).map_err(|e| EmbedError::Model(format!("{e:#}")))?);
     }
     Ok(out)
 }
@@ -262,7 +301,7 @@ fn embed_chunked(model: &EmbeddingModel, inputs: &[Vec<f32>], chunk: usize) -> R
 fn reply_all(
     batch: Vec<Request>,
     sizes: &[usize],
-    result: Result<Vec<Vec<f32>>, EmbedError>,
+    result: Result<Vec<Embedded>, EmbedError>,
     gathering: std::ops::Range<Instant>,
     forward: Duration,
 ) {
@@ -271,7 +310,7 @@ fn reply_all(
             let batch_images = rows.len();
             let mut rows = rows.into_iter();
             for (request, &size) in batch.into_iter().zip(sizes) {
-                let mine: Vec<Vec<f32>> = rows.by_ref().take(size).collect();
+                let mine: Vec<Embedded> = rows.by_ref().take(size).collect();
                 let queued = gathering.end.saturating_duration_since(request.enqueued);
                 let joined = request.enqueued.max(gathering.start);
                 let timing = EmbedTiming {

@@ -205,6 +205,12 @@ impl From<sqlx::Error> for JobFailure {
     }
 }
 
+impl From<candle_core::Error> for JobFailure {
+    fn from(err: candle_core::Error) -> Self {
+        Self::failed(ErrorCode::Internal, format!("tensor: {err}"))
+    }
+}
+
 impl From<std::io::Error> for JobFailure {
     fn from(err: std::io::Error) -> Self {
         Self::failed(ErrorCode::Internal, format!("io: {err}"))

@@ -9,8 +9,13 @@
 //! It is also what lets an interrupted finetune job resume without running the
 //! backbone again.
 //!
+//! A finetune job that trains the backbone's last blocks reads the activations entering the first
+//! of them instead, from a cache of the same format keyed also by that block
+//! ([`FeatureCache::at_block`]): the frozen part of the network runs once per item.
+//!
 //! One file per dataset, backbone and input size (a different backbone or
-//! input size gives different features): `features/{dataset}/{backbone}-{size}px.f32`,
+//! input size gives different features): `features/{dataset}/{backbone}-{size}px.f32`
+//! (`…-block{b}-v1.f32` for block inputs; the `v1` names the H×W×C channels-last layout),
 //! a sequence of records `seq: u64 LE` then `dim` × `f32 LE`. Appends only: a
 //! record torn by a crash (a partial one at the end) is ignored when read and
 //! cut off before the next append. Rows of deleted items stay until the
@@ -36,6 +41,12 @@ impl FeatureCache {
     pub fn new(data_dir: &Path, dataset: &str, backbone: &str, input_size: u32, dim: usize) -> Self {
         let path = Self::dataset_dir(data_dir, dataset).join(format!("{backbone}-{input_size}px.f32"));
         Self { path, dim, append: Mutex::new(()) }
+    }
+
+    /// The cache of the activations entering block `block`, `dim` values (H×W×C) per item.
+    pub fn at_block(data_dir: &Path, dataset: &str, backbone: &str, input_size: u32, block: usize, dim: usize) -> Self {
+        let name = format!("{backbone}-{input_size}px-block{block}-v1.f32");
+        Self { path: Self::dataset_dir(data_dir, dataset).join(name), dim, append: Mutex::new(()) }
     }
 
     /// The folder of all of a dataset's feature files.

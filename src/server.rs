@@ -193,9 +193,17 @@ fn restore_dataset(
     let missing: Vec<_> = items.iter().filter(|r| r.seq > generation.covered_seq()).cloned().collect();
     if !missing.is_empty() {
         tracing::info!(dataset = name, items = missing.len(), "adding items the saved index lacks");
-        // The feature cache usually has them (ingest writes it); the rest are embedded and cached.
-        let features = crate::jobs::features::features_of(state, name, &missing, &Default::default(), &mut |_, _| {})
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Their cache usually has them (ingest writes it); the rest are embedded and cached.
+        let boundary = generation.model.boundary();
+        let features = crate::jobs::features::model_inputs_of(
+            state,
+            name,
+            &missing,
+            boundary,
+            &Default::default(),
+            &mut |_, _| {},
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>())?;
         generation.save(&dir)?;
     }

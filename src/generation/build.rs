@@ -18,11 +18,11 @@ pub struct Candidate {
     pub generation: Generation,
     /// The item seqs it holds.
     pub built: HashSet<u64>,
-    /// Items to search by their own backbone features, spread over what it was built from.
+    /// Items to search by their own model inputs, spread over what it was built from.
     pub probes: Vec<(u64, Vec<f32>)>,
 }
 
-/// A new generation of `model` over `records` (with their backbone `features`),
+/// A new generation of `model` over `records` (with their model inputs, `features`),
 /// with probes spread over the records.
 pub fn build_generation(
     model: ModelHandle,
@@ -75,7 +75,9 @@ pub fn check_generation(candidate: &Candidate) -> Result<(), JobFailure> {
     let step = (probes.len() / PROBES).max(1);
     for (seq, feature) in probes.iter().step_by(step).take(PROBES) {
         let seq = *seq;
-        let query = generation.model.project(feature);
+        let query = generation.model.project(feature).map_err(|e| {
+            JobFailure::failed(ErrorCode::GenerationCheckFailed, format!("item {seq} cannot be embedded: {e:#}"))
+        })?;
         let found = generation.index.search(&query, 1, &|_| true, stored);
         let ok = found.first().is_some_and(|n| n.id == seq || n.distance <= 1e-4);
         if !ok {

@@ -3,10 +3,13 @@
 //!
 //! A dataset's generation sits behind an `ArcSwap` in its [`DatasetState`]: a request takes one
 //! snapshot and uses it from start to end, and a swap (a new model with the index built with it)
-//! is one `store()` ([`promote`]). Every generation reads the same backbone features (the
-//! embedder's output); a fine-tuned one maps them through its trained head ([`Projection`])
-//! before they touch its index, so a query and the index it searches are always embedded by the
-//! same model. The methods of [`Generation`] take backbone features and project them themselves.
+//! is one `store()` ([`promote`]). Every generation reads the output of the one shared trunk
+//! (the embedder's network): the pretrained model its pooled features; a fine-tuned one maps them
+//! through its trained head ([`Projection`]); one that also trained the backbone's last blocks
+//! reads the activations entering the first of them and runs its own copy of those blocks
+//! ([`Tail`]) before its head. So a query and the index it searches are always embedded by the
+//! same model. The methods of [`Generation`] take that *model input* ([`ModelHandle::boundary`]
+//! says which) and project it themselves.
 //!
 //! - [`dataset`]: the catalogue of live items and the dataset's serving state;
 //! - [`store`]: trained models on disk (heads and their descriptions);
@@ -32,6 +35,7 @@ pub use promote::promote;
 
 use crate::generation::projection::Projection;
 use crate::index::{IndexParams, Neighbour, VectorIndex};
+use crate::network::tail::Tail;
 
 /// A model and the index built with it. Immutable but for appends of new
 /// items, which are embedded by this same model.
@@ -59,20 +63,19 @@ impl Generation {
         &self.model.id
     }
 
-    /// Adds new items by their backbone features; `seq`s must be new to this index. Fails only
-    /// when a GPU projecting them fails, before anything is added.
+    /// Adds new items by their model inputs; `seq`s must be new to this index. Fails only when
+    /// projecting them fails (a GPU, or inputs of the wrong size), before anything is added.
     pub fn append(&self, items: &[(u64, Vec<f32>)]) -> anyhow::Result<()> {
         if items.is_empty() {
             return Ok(());
         }
-        match &self.model.head {
-            Some(head) => {
-                let features: Vec<&[f32]> = items.iter().map(|(_, f)| f.as_slice()).collect();
-                let embedded: Vec<(u64, Vec<f32>)> =
-                    items.iter().map(|(seq, _)| *seq).zip(head.project_many(&features)?).collect();
-                self.index.insert_batch(&embedded);
-            }
-            None => self.index.insert_batch(items),
+        if self.model.is_pretrained() {
+            self.index.insert_batch(items);
+        } else {
+            let inputs: Vec<&[f32]> = items.iter().map(|(_, f)| f.as_slice()).collect();
+            let embedded: Vec<(u64, Vec<f32>)> =
+                items.iter().map(|(seq, _)| *seq).zip(self.model.project_many(&inputs)?).collect();
+            self.index.insert_batch(&embedded);
         }
         let top = items.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
         self.covered_seq.fetch_max(top, Ordering::SeqCst);
@@ -89,7 +92,7 @@ impl Generation {
     }
 
     /// Searches for the `k` nearest live items passing the label filter;
-    /// `query` is the query image's backbone feature vector.
+    /// `query` is the query image's model input ([`ModelHandle::boundary`]).
     pub fn search(
         &self,
         catalog: &Catalog,
@@ -97,19 +100,19 @@ impl Generation {
         k: usize,
         label: Option<&str>,
         exclude: Option<u64>,
-    ) -> Vec<(CatalogItem, f32)> {
+    ) -> anyhow::Result<Vec<(CatalogItem, f32)>> {
         let live = |seq: u64| catalog.get(seq).is_some_and(|item| label.is_none_or(|l| &*item.label == l));
         let keep = |seq: u64| Some(seq) != exclude && live(seq);
         let matching = catalog.matching(label) - usize::from(exclude.is_some_and(live));
-        let query = self.model.project(query);
+        let query = self.model.project(query)?;
         let found: Vec<Neighbour> = self.index.search(&query, k, &keep, matching);
         let mut seen = std::collections::HashSet::new();
-        found
+        Ok(found
             .into_iter()
             .filter(|n| seen.insert(n.id))
             .filter_map(|n| catalog.get(n.id).map(|item| (item.clone(), n.distance)))
             .take(k)
-            .collect()
+            .collect())
     }
 
     /// Saves the index and what it covers to `dir`, crash-safely: the new
@@ -155,31 +158,64 @@ struct IndexMeta {
     covered_seq: u64,
 }
 
-/// A model as a generation uses it: its id, its backbone, and its head if it has one.
+/// A model as a generation uses it: its id, its backbone, its head if it has one, and its
+/// trained last blocks if it trained any (the trunk before them is the embedder's, shared).
 #[derive(Clone)]
 pub struct ModelHandle {
     pub id: String,
     pub backbone: String,
     pub head: Option<Arc<Projection>>,
+    pub tail: Option<Arc<Tail>>,
 }
+
+/// Block inputs projected per pass through a tail: bounds the activations held at once.
+const TAIL_CHUNK: usize = 256;
 
 impl ModelHandle {
     /// The pretrained backbone on its own.
     pub fn pretrained(backbone: &str) -> Self {
-        Self { id: backbone.to_owned(), backbone: backbone.to_owned(), head: None }
+        Self { id: backbone.to_owned(), backbone: backbone.to_owned(), head: None, tail: None }
     }
 
-    /// The search embedding of one backbone feature vector: projected by the head, or the
-    /// feature itself for the pretrained model.
-    pub fn project(&self, feature: &[f32]) -> Vec<f32> {
-        match &self.head {
-            Some(head) => head.project(feature),
-            None => feature.to_vec(),
+    pub fn is_pretrained(&self) -> bool {
+        self.head.is_none() && self.tail.is_none()
+    }
+
+    /// The block whose input activations this model reads (a trained tail's first block), or
+    /// `None` for the backbone's pooled features.
+    pub fn boundary(&self) -> Option<usize> {
+        self.tail.as_ref().map(|tail| tail.first_block())
+    }
+
+    /// The search embedding of one model input: the features (or the block inputs run through
+    /// the tail) projected by the head, or the features themselves for the pretrained model.
+    pub fn project(&self, input: &[f32]) -> anyhow::Result<Vec<f32>> {
+        let tailed;
+        let features = match &self.tail {
+            Some(tail) => {
+                tailed = tail.features(&[input])?;
+                tailed[0].as_slice()
+            }
+            None => input,
+        };
+        Ok(match &self.head {
+            Some(head) => head.project(features),
+            None => features.to_vec(),
+        })
+    }
+
+    /// [`ModelHandle::project`] of many rows (the head on the GPU when its bulk device is one).
+    pub fn project_many(&self, inputs: &[&[f32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let Some(tail) = &self.tail else { return self.project_features(inputs) };
+        let mut out = Vec::with_capacity(inputs.len());
+        for chunk in inputs.chunks(TAIL_CHUNK) {
+            let features = tail.features(chunk)?;
+            out.extend(self.project_features(&features.iter().map(Vec::as_slice).collect::<Vec<_>>())?);
         }
+        Ok(out)
     }
 
-    /// [`ModelHandle::project`] of many rows (on the GPU when the head's bulk device is one).
-    pub fn project_many(&self, features: &[&[f32]]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn project_features(&self, features: &[&[f32]]) -> anyhow::Result<Vec<Vec<f32>>> {
         match &self.head {
             Some(head) => head.project_many(features),
             None => Ok(features.iter().map(|f| f.to_vec()).collect()),

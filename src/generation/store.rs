@@ -1,6 +1,7 @@
 //! Trained models on disk: a fine-tuned model is the shared pretrained backbone plus a trained
 //! head saved under `models/{dataset}/{model_id}/` (`head.safetensors` and `model.json`, written
-//! aside and renamed into place). The `models` table records each one (`db::models`); the index
+//! aside and renamed into place), and, when it trained the backbone's last blocks, those blocks
+//! (`tail.safetensors`, [`crate::network::tail::save_tail`]). The `models` table records each one (`db::models`); the index
 //! built with it lives under `indexes/{dataset}/{model_id}/` like the pretrained model's.
 
 use std::path::{Path, PathBuf};
@@ -9,10 +10,13 @@ use std::sync::Arc;
 use super::ModelHandle;
 use crate::db::models::ModelRecord;
 use crate::generation::projection::Projection;
+use crate::network::lite0::TailWeights;
+use crate::network::tail::{Tail, load_tail, save_tail};
 use crate::train::EmbeddingHead;
 
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const MODEL_META_FILE: &str = "model.json";
+pub const TAIL_FILE: &str = "tail.safetensors";
 
 /// The folder of a dataset's trained models.
 pub fn dataset_dir(data_dir: &Path, dataset: &str) -> PathBuf {
@@ -24,17 +28,26 @@ pub fn model_dir(data_dir: &Path, dataset: &str, model_id: &str) -> PathBuf {
     dataset_dir(data_dir, dataset).join(model_id)
 }
 
-/// Saves a trained head and its description crash-safely.
-pub fn save_head(dir: &Path, head: &EmbeddingHead, meta: &serde_json::Value) -> anyhow::Result<()> {
+/// Saves a trained head (and the blocks trained with it) and its description crash-safely.
+pub fn save_model(
+    dir: &Path,
+    head: &EmbeddingHead,
+    tail: Option<&TailWeights>,
+    meta: &serde_json::Value,
+) -> anyhow::Result<()> {
     crate::storage::replace_dir(dir, |tmp| {
         head.save(tmp.join(HEAD_FILE))?;
         std::fs::File::open(tmp.join(HEAD_FILE))?.sync_all()?;
+        if let Some(tail) = tail {
+            save_tail(tail, &tmp.join(TAIL_FILE))?;
+            std::fs::File::open(tmp.join(TAIL_FILE))?.sync_all()?;
+        }
         crate::storage::write_atomic(&tmp.join(MODEL_META_FILE), &serde_json::to_vec_pretty(meta)?, true)?;
         Ok(())
     })
 }
 
-/// The model a record describes, ready to embed with (its head loaded).
+/// The model a record describes, ready to embed with (its head and tail loaded).
 pub fn load_handle(
     data_dir: &Path,
     dataset: &str,
@@ -44,7 +57,11 @@ pub fn load_handle(
     if record.is_pretrained() {
         return Ok(ModelHandle::pretrained(&record.backbone));
     }
-    let path = model_dir(data_dir, dataset, &record.id).join(HEAD_FILE);
-    let head = Projection::load(&path, device)?;
-    Ok(ModelHandle { id: record.id.clone(), backbone: record.backbone.clone(), head: Some(Arc::new(head)) })
+    let dir = model_dir(data_dir, dataset, &record.id);
+    let head = Projection::load(&dir.join(HEAD_FILE), device)?;
+    let tail = match dir.join(TAIL_FILE) {
+        path if path.exists() => Some(Arc::new(Tail::new(&load_tail(&path)?)?)),
+        _ => None,
+    };
+    Ok(ModelHandle { id: record.id.clone(), backbone: record.backbone.clone(), head: Some(Arc::new(head)), tail })
 }

@@ -82,7 +82,11 @@ pub async fn add(
     }
     let image = axum::body::Bytes::from(image);
     let prepared = super::search::prepare_upload(&state, image.clone()).await?;
-    let vector = super::search::embed(&state, prepared.input).await?;
+    // What the serving model reads; should a swap to a model reading another block come before
+    // the item is added, it is embedded again for that one (below).
+    let boundary = dataset.generation.load().model.boundary();
+    let input = prepared.input;
+    let vector = super::search::embed(&state, input.clone(), boundary).await?;
     let key = BlobStore::new_key(&name);
     let blobs = state.blobs.clone();
     let blob_key = key.clone();
@@ -106,9 +110,15 @@ pub async fn add(
         }
     };
     let seq = seqs[0];
+    let embedder = state.embedder.clone();
     tokio::task::spawn_blocking(move || {
         let _writer = dataset.writer.lock().unwrap_or_else(|e| e.into_inner());
-        dataset.generation.load().append(&[(seq, vector)])?;
+        let generation = dataset.generation.load();
+        let vector = match generation.model.boundary() {
+            now if now == boundary => vector,
+            now => embedder.embed_many_at_blocking(vec![input], now)?.remove(0).into_model_input(),
+        };
+        generation.append(&[(seq, vector)])?;
         let mut catalog = dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
         catalog.insert(seq, &row.item_id, &row.label);
         anyhow::Ok(())

@@ -217,15 +217,22 @@ pub async fn prepare_upload(state: &AppState, bytes: Bytes) -> AppResult<Prepare
     })
 }
 
-/// Embeds one query; a full queue is a 503 the client may retry.
-pub async fn embed(state: &AppState, input: Vec<f32>) -> AppResult<Vec<f32>> {
-    embed_timed(state, input, state.embedder.announce()).await.map(|(vector, _)| vector)
+/// Embeds one image into what a model with this `boundary` reads
+/// ([`crate::generation::ModelHandle::boundary`]); a full queue is a 503 the client may retry.
+pub async fn embed(state: &AppState, input: Vec<f32>, boundary: Option<usize>) -> AppResult<Vec<f32>> {
+    embed_timed(state, input, boundary, state.embedder.announce()).await.map(|(vector, _)| vector)
 }
 
 /// [`embed`] for a query announced by `arrival`, also telling where its time
 /// in the embedder went.
-async fn embed_timed(state: &AppState, input: Vec<f32>, arrival: Arrival) -> AppResult<(Vec<f32>, EmbedTiming)> {
-    state.embedder.embed_one_timed(input, arrival).await.map_err(embed_error)
+async fn embed_timed(
+    state: &AppState,
+    input: Vec<f32>,
+    boundary: Option<usize>,
+    arrival: Arrival,
+) -> AppResult<(Vec<f32>, EmbedTiming)> {
+    let (embedded, timing) = state.embedder.embed_one_timed(input, boundary, arrival).await.map_err(embed_error)?;
+    Ok((embedded.into_model_input(), timing))
 }
 
 /// A full queue is a 503 the client may retry.
@@ -274,7 +281,7 @@ async fn run_search(
     if generation.model.backbone != state.embedder.model().id {
         return Err(AppError::new(ErrorCode::ModelUnavailable, "the dataset's model is not loaded"));
     }
-    let (vector, embedded) = embed_timed(state, input, arrival).await?;
+    let (vector, embedded) = embed_timed(state, input, generation.model.boundary(), arrival).await?;
     timing.queued = embedded.queued;
     timing.gathering = embedded.gathering;
     timing.forward = embedded.forward;
@@ -282,17 +289,19 @@ async fn run_search(
     let searching = Instant::now();
     let hits = tokio::task::spawn_blocking(move || {
         let catalog = dataset.catalog.read().unwrap_or_else(|e| e.into_inner());
-        generation
-            .search(&catalog, &vector, k, label.as_deref(), exclude)
-            .into_iter()
-            .map(|(item, distance)| SearchHit {
-                item_id: item.item_id.to_string(),
-                label: item.label.to_string(),
-                distance,
-            })
-            .collect::<Vec<_>>()
+        let hits = generation.search(&catalog, &vector, k, label.as_deref(), exclude)?;
+        anyhow::Ok(
+            hits.into_iter()
+                .map(|(item, distance)| SearchHit {
+                    item_id: item.item_id.to_string(),
+                    label: item.label.to_string(),
+                    distance,
+                })
+                .collect::<Vec<_>>(),
+        )
     })
     .await
+    .map_err(AppError::internal)?
     .map_err(AppError::internal)?;
     timing.index = searching.elapsed();
     timing.total = started.elapsed();

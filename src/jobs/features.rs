@@ -1,5 +1,7 @@
 //! Backbone features of stored items: read from the dataset's [`FeatureCache`] (ingest writes
-//! it), the missing ones embedded from the stored images through the embedder and cached.
+//! it), the missing ones embedded from the stored images through the embedder and cached. A
+//! model that trained the backbone's last blocks reads the activations entering the first of
+//! them instead ([`model_inputs_of`]), cached the same way per block.
 //! Blocking: call from a job's thread (or `spawn_blocking`).
 
 use std::collections::HashSet;
@@ -18,6 +20,13 @@ pub fn feature_cache(state: &AppState, dataset: &str) -> FeatureCache {
     FeatureCache::new(state.data_dir(), dataset, &model.id, model.input_size, model.dim)
 }
 
+/// The cache of the activations entering block `block` for the loaded backbone.
+pub fn block_cache(state: &AppState, dataset: &str, block: usize) -> anyhow::Result<FeatureCache> {
+    let model = state.embedder.model();
+    let dim = state.embedder.network().block_len(block)?;
+    Ok(FeatureCache::at_block(state.data_dir(), dataset, &model.id, model.input_size, block, dim))
+}
+
 /// Backbone features of `records`, in their order: read from the cache, the
 /// missing ones embedded from the stored images (and cached). `progress`
 /// gets (done, total) after each chunk.
@@ -28,7 +37,24 @@ pub fn features_of(
     cancel: &CancelFlag,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<f32>>, JobFailure> {
-    let cache = feature_cache(state, dataset);
+    model_inputs_of(state, dataset, records, None, cancel, progress)
+}
+
+/// What a model reads of `records`, in their order: the backbone features (`boundary` `None`) or
+/// the activations entering block `boundary` (a model with a trained tail), from their cache,
+/// the missing ones embedded from the stored images (and cached).
+pub fn model_inputs_of(
+    state: &AppState,
+    dataset: &str,
+    records: &[ItemRecord],
+    boundary: Option<usize>,
+    cancel: &CancelFlag,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<f32>>, JobFailure> {
+    let cache = match boundary {
+        Some(block) => block_cache(state, dataset, block)?,
+        None => feature_cache(state, dataset),
+    };
     let wanted: HashSet<u64> = records.iter().map(|r| r.seq).collect();
     let mut cached = cache.read(&wanted)?;
     let missing: Vec<&ItemRecord> = records.iter().filter(|r| !cached.contains_key(&r.seq)).collect();
@@ -50,8 +76,9 @@ pub fn features_of(
                     .map_err(|e| anyhow::anyhow!("stored image of {:?} unreadable: {e}", record.item.item_id))
             })
             .collect::<anyhow::Result<_>>()?;
-        let vectors = state.embedder.embed_many_blocking(inputs).map_err(anyhow::Error::from)?;
-        let rows: Vec<(u64, Vec<f32>)> = chunk.iter().map(|r| r.seq).zip(vectors).collect();
+        let embedded = state.embedder.embed_many_at_blocking(inputs, boundary).map_err(anyhow::Error::from)?;
+        let rows: Vec<(u64, Vec<f32>)> =
+            chunk.iter().map(|r| r.seq).zip(embedded.into_iter().map(|e| e.into_model_input())).collect();
         cache.append(&rows)?;
         cached.extend(rows);
         done += chunk.len();

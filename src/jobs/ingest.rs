@@ -29,6 +29,9 @@ use crate::network::preprocess::{Prepared, prepare};
 use crate::state::AppState;
 use crate::storage::BlobStore;
 
+/// An item's seq and a vector of it.
+type Row = (u64, Vec<f32>);
+
 pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     let runtime = Handle::current();
     let upload = job.params.get("archive").and_then(|v| v.as_str()).map(|name| state.uploads_dir().join(name));
@@ -68,6 +71,7 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
         skipped_count: manifest.skipped_count,
         pending: Vec::with_capacity(state.settings.jobs.ingest_chunk),
         features: crate::jobs::features::feature_cache(state, &job.dataset),
+        blocks: None,
         stages: Stages::default(),
     };
     let chunk = state.settings.jobs.ingest_chunk;
@@ -149,10 +153,20 @@ struct Run<'a> {
     skipped_count: usize,
     pending: Vec<(Entry, Vec<u8>)>,
     features: crate::feature_cache::FeatureCache,
+    /// The block-input cache of the block last asked for, and that block.
+    blocks: Option<(usize, crate::feature_cache::FeatureCache)>,
     stages: Stages,
 }
 
 impl Run<'_> {
+    /// The cache of the activations entering `block`.
+    fn block_cache(&mut self, block: usize) -> anyhow::Result<&crate::feature_cache::FeatureCache> {
+        if self.blocks.as_ref().is_none_or(|(b, _)| *b != block) {
+            self.blocks = Some((block, crate::jobs::features::block_cache(self.state, &self.dataset.name, block)?));
+        }
+        Ok(&self.blocks.as_ref().expect("just set").1)
+    }
+
     fn skip(&mut self, path: &str, reason: String) {
         self.skipped_count += 1;
         self.done += 1;
@@ -212,7 +226,11 @@ impl Run<'_> {
         }
         let mut stored = storing.elapsed();
         let embedding = Instant::now();
-        let vectors = self.state.embedder.embed_many_blocking(inputs)?;
+        // The serving model's input; else the block inputs a default finetune trains from, kept
+        // in their cache so that it need not run the frozen blocks again.
+        let serving = self.dataset.generation.load().model.boundary();
+        let boundary = serving.or(self.state.settings.finetune.first_trainable_block());
+        let embedded = self.state.embedder.embed_many_at_blocking(inputs.clone(), boundary)?;
         self.stages.embed += embedding.elapsed();
         let syncing = Instant::now();
         blobs.sync_keys(rows.iter().map(|r| r.blob.as_str()))?;
@@ -222,13 +240,29 @@ impl Run<'_> {
         let seqs = self.runtime.block_on(self.state.db.insert_items(&self.dataset.name, &rows))?;
         self.stages.database += inserting.elapsed();
         let indexing = Instant::now();
-        let features: Vec<(u64, Vec<f32>)> = seqs.iter().copied().zip(vectors).collect();
+        let (features, blocks): (Vec<Row>, Vec<Row>) =
+            seqs.iter().zip(embedded).map(|(&seq, e)| ((seq, e.features), (seq, e.block.unwrap_or_default()))).unzip();
         // Kept for fine-tuning and reindexing; a lost row is embedded again then.
         if let Err(err) = self.features.append(&features) {
             tracing::warn!(dataset = %self.dataset.name, error = %format!("{err:#}"), "feature cache not written");
         }
+        if let Some(block) = boundary
+            && let Err(err) = self.block_cache(block).and_then(|cache| cache.append(&blocks))
+        {
+            tracing::warn!(dataset = %self.dataset.name, error = %format!("{err:#}"), "block cache not written");
+        }
         let _writer = self.dataset.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.dataset.generation.load().append(&features)?;
+        let generation = self.dataset.generation.load();
+        let model_inputs = match generation.model.boundary() {
+            None => features,
+            now if now == boundary => blocks,
+            // Another job swapped in a model reading another block since the embedding.
+            now => {
+                let again = self.state.embedder.embed_many_at_blocking(inputs, now)?;
+                seqs.iter().copied().zip(again.into_iter().map(|e| e.into_model_input())).collect()
+            }
+        };
+        generation.append(&model_inputs)?;
         let mut catalog = self.dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
         for (seq, row) in seqs.iter().zip(&rows) {
             catalog.insert(*seq, &row.item_id, &row.label);

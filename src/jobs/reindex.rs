@@ -2,7 +2,8 @@
 //! roll back to an older generation (`POST /datasets/{name}/models/{id}/activate`).
 //!
 //! The model's saved index is loaded when there is one and caught up with the
-//! items it lacks; otherwise one is built from the feature cache. Then it is put
+//! items it lacks; otherwise one is built from the feature cache (or, for a model that trained
+//! the backbone's last blocks, the cache of the activations entering the first of them). Then it is put
 //! into service by `generation::promote` (check → save → swap → record active);
 //! searches answer from the old generation until then.
 //! Stages: `features` (0–30%), `indexing` (30–95%), `swapping`.
@@ -12,7 +13,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
-use super::features::features_of;
+use super::features::model_inputs_of;
 use super::{JobResult, Reporter};
 use crate::cancel::CancelFlag;
 use crate::db::jobs::Job;
@@ -44,6 +45,11 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     let model = store::load_handle(state.data_dir(), &job.dataset, &record, &state.device)?;
     let records = runtime.block_on(state.db.all_items(&job.dataset))?;
     let dir = dataset.index_dir(model_id);
+    let boundary = model.boundary();
+    let features_of =
+        |records: &[crate::db::items::ItemRecord], cancel: &CancelFlag, progress: &mut dyn FnMut(usize, usize)| {
+            model_inputs_of(state, &job.dataset, records, boundary, cancel, progress)
+        };
 
     report.stage("features", 0.0, json!({}));
     let mut features_progress = |done: usize, total: usize| {
@@ -53,7 +59,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
         Ok(saved) => {
             // The saved index covers items up to its seq; deleted ones are filtered at search.
             let lacking: Vec<_> = records.iter().filter(|r| r.seq > saved.covered_seq()).cloned().collect();
-            let features = features_of(state, &job.dataset, &lacking, cancel, &mut features_progress)?;
+            let features = features_of(&lacking, cancel, &mut features_progress)?;
             report.stage("indexing", 0.3, json!({"reused_index": true}));
             let rows: Vec<(u64, Vec<f32>)> = lacking.iter().map(|r| r.seq).zip(features).collect();
             let probes = rows.iter().take(PROBES).cloned().collect();
@@ -65,7 +71,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
             if dir.exists() {
                 tracing::warn!(dataset = %job.dataset, model = model_id, error = %format!("{err:#}"), "saved index unusable: rebuilding");
             }
-            let features = features_of(state, &job.dataset, &records, cancel, &mut features_progress)?;
+            let features = features_of(&records, cancel, &mut features_progress)?;
             report.stage("indexing", 0.3, json!({"reused_index": false}));
             let candidate = build_generation(
                 model,
@@ -84,7 +90,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     };
     report.stage("swapping", 0.95, json!({}));
     promote(&state.db, &dataset, candidate, cancel, &mut |late| {
-        features_of(state, &job.dataset, late, &CancelFlag::default(), &mut |_, _| {})
+        features_of(late, &CancelFlag::default(), &mut |_, _| {})
     })?;
     Ok(json!({
         "model": model_id,

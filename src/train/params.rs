@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Mining, OfflineMiningParams, TrainParams};
+use crate::network::lite0::BLOCKS;
 
 /// A label takes part in fine-tuning with at least this many items: one held out to evaluate
 /// on, and two to train on (an anchor and its positive).
@@ -77,6 +78,33 @@ pub struct FinetuneParams {
     pub positive_quantile: f64,
     pub negative_quantile: f64,
     pub max_mined_items: usize,
+    /// Lite0 blocks trained with the head, counted from the last (0: the head alone; `"all"` in a
+    /// request is every block). Above 0 the head convolution trains too, from the cached
+    /// activations entering the first trained block.
+    #[serde(deserialize_with = "trainable_blocks")]
+    pub trainable_blocks: usize,
+    /// AdamW learning rate of the trained blocks (the head keeps `learning_rate`).
+    pub backbone_learning_rate: f64,
+    /// Train the blocks from the images, randomly cropped, flipped and colour-jittered each step
+    /// (seeded), instead of from the cached block inputs. Needs `trainable_blocks` above 0.
+    pub augment: bool,
+}
+
+/// `trainable_blocks`: a count, or `"all"`.
+fn trainable_blocks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Blocks {
+        Count(usize),
+        Word(String),
+    }
+    match Blocks::deserialize(deserializer)? {
+        Blocks::Count(n) => Ok(n),
+        Blocks::Word(word) if word == "all" => Ok(BLOCKS),
+        Blocks::Word(word) => Err(serde::de::Error::custom(format!(
+            "trainable_blocks is a number of blocks (0 to {BLOCKS}) or \"all\", not {word:?}"
+        ))),
+    }
 }
 
 impl FinetuneParams {
@@ -100,7 +128,13 @@ impl FinetuneParams {
     }
 
     fn check(&self) -> Result<(), String> {
-        let rules: [(&str, bool, &str); 14] = [
+        let rules: [(&str, bool, &str); 16] = [
+            ("trainable_blocks", self.trainable_blocks <= BLOCKS, "0 to 16, or \"all\""),
+            (
+                "backbone_learning_rate",
+                self.backbone_learning_rate > 0.0 && self.backbone_learning_rate <= 1.0,
+                "above 0 and at most 1",
+            ),
             ("epochs", (1..=10_000).contains(&self.epochs), "1 to 10000"),
             ("margin", self.margin > 0.0 && self.margin <= 2.0, "above 0 and at most 2"),
             ("learning_rate", self.learning_rate > 0.0 && self.learning_rate <= 1.0, "above 0 and at most 1"),
@@ -120,6 +154,11 @@ impl FinetuneParams {
                 "with batch_per_class, at most 65536 items per batch",
             ),
         ];
+        if self.augment && self.trainable_blocks == 0 {
+            return Err(
+                "params.augment needs trainable_blocks above 0 (the head alone trains on cached features)".into()
+            );
+        }
         match rules.iter().find(|(_, ok, _)| !ok) {
             Some((key, _, range)) => Err(format!("params.{key} must be {range}")),
             None => Ok(()),
@@ -141,7 +180,7 @@ impl FinetuneParams {
             margin: self.margin as f32,
             soft_margin: self.soft_margin,
             learning_rate: self.learning_rate,
-            backbone_learning_rate: TrainParams::default().backbone_learning_rate,
+            backbone_learning_rate: self.backbone_learning_rate,
             weight_decay: self.weight_decay,
             batch_classes,
             batch_per_class: self.batch_per_class,
@@ -149,6 +188,12 @@ impl FinetuneParams {
             embedding_dim: self.embedding_dim,
             seed: self.seed,
         }
+    }
+
+    /// The first trained block when blocks are trained: the block whose inputs training and the
+    /// trained model read.
+    pub fn first_trainable_block(&self) -> Option<usize> {
+        (self.trainable_blocks > 0).then(|| BLOCKS - self.trainable_blocks)
     }
 
     pub fn mining_params(&self) -> OfflineMiningParams {

@@ -173,7 +173,8 @@ async fn default_finetune_raises_map_at_r_is_refused_for_its_recall_then_promote
     server.stop().await.expect("stop");
 }
 
-/// Six clients search without pause while a finetune job promotes its model.
+/// Six clients search without pause while a finetune job promotes its model (one that trained
+/// the backbone's last block, so the swap also changes what the embedder gives a query).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_switch_models_once_without_a_failure() {
     const CLIENTS: usize = 6;
@@ -200,7 +201,9 @@ async fn searches_switch_models_once_without_a_failure() {
             (seen, failures)
         }));
     }
-    let job = finetune(&client, "swap", json!({"promote": "always", "epochs": 5})).await;
+    // The new model trains the last block too: in-flight searches of the old generation embed the
+    // pooled features, those of the new one the activations entering block 15.
+    let job = finetune(&client, "swap", json!({"promote": "always", "epochs": 5, "trainable_blocks": 1})).await;
     let job = client.wait_job(job["id"].as_str().expect("id")).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let model = job["result"]["model"].as_str().expect("model").to_owned();
@@ -216,6 +219,80 @@ async fn searches_switch_models_once_without_a_failure() {
         assert_eq!(seen.last(), Some(&model));
         assert_ne!(seen.first(), Some(&model));
     }
+    server.stop().await.expect("stop");
+}
+
+/// The answers (model, ranked ids) of the first `n` queries.
+async fn answers(client: &Client, dataset: &str, queries: &[(String, Vec<u8>)]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for (_, image) in queries {
+        out.push(search(client, dataset, image).await);
+    }
+    out
+}
+
+/// A model that trained the backbone's last two blocks with its head (on augmented images):
+/// saved with its blocks,
+/// served through the shared trunk, identical after a restart, after a rollback and a return,
+/// and an item added while it serves is embedded by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_generation_survives_a_restart_and_a_rollback_with_identical_answers() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let subset = support::fashion_subset(30, 1);
+    let (server, client) = support::start(support::settings(data.path())).await;
+    support::ingest(&client, "deep", subset.catalogue_zip.clone()).await;
+    let queries = &subset.queries;
+    let pretrained_answers = answers(&client, "deep", queries).await;
+    let pretrained = pretrained_answers[0].0.clone();
+
+    // Trained from the images, augmented: every step runs the frozen blocks on new crops.
+    let params = json!({"promote": "always", "epochs": 3, "trainable_blocks": 2, "augment": true});
+    let job = finetune(&client, "deep", params).await;
+    let job = client.wait_job(job["id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    assert_eq!(result["training"]["trainable_blocks"], 2, "{result}");
+    assert!(result["training"]["steps"].as_u64().expect("steps") > 0, "{result}");
+    let model = result["model"].as_str().expect("model").to_owned();
+    let model_dir = data.path().join("models/deep").join(&model);
+    for file in ["head.safetensors", "tail.safetensors", "model.json"] {
+        assert!(model_dir.join(file).is_file(), "{file} saved with the model");
+    }
+    let features = std::fs::read_dir(data.path().join("features/deep")).expect("feature caches");
+    let caches: Vec<String> = features.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    assert!(caches.iter().any(|name| name.ends_with("-block14-v1.f32")), "block inputs cached: {caches:?}");
+
+    let deep_answers = answers(&client, "deep", queries).await;
+    assert!(deep_answers.iter().all(|(m, _)| *m == model), "{deep_answers:?}");
+    let changed = deep_answers.iter().zip(&pretrained_answers).filter(|(d, p)| d.1 != p.1).count();
+    assert!(changed > 0, "the trained blocks change some ranking");
+
+    // A restart loads the saved head and blocks: the same answers.
+    server.stop().await.expect("stop");
+    let (server, client) = support::start(support::settings(data.path())).await;
+    assert_eq!(answers(&client, "deep", queries).await, deep_answers, "after a restart");
+
+    // A rollback to the pretrained model answers as it did, and a return to the deep one as it did.
+    for (id, expected) in [(&pretrained, &pretrained_answers), (&model, &deep_answers)] {
+        let (status, reindex) = post_json(&client, &format!("/datasets/deep/models/{id}/activate"), json!({})).await;
+        assert_eq!(status, 202, "{reindex}");
+        let reindex = client.wait_job(reindex["id"].as_str().expect("id")).await;
+        assert_eq!(reindex["status"], "succeeded", "{reindex}");
+        assert_eq!(&answers(&client, "deep", queries).await, expected, "after activating {id}");
+    }
+
+    // An item added while the deep model serves is embedded by it: its own image finds it first.
+    let (label, image) = queries[3].clone();
+    let form = reqwest::multipart::Form::new()
+        .text("label", label)
+        .text("item_id", "added-1")
+        .part("image", reqwest::multipart::Part::bytes(image.clone()).file_name("x.png"));
+    let response = client.http.post(client.url("/datasets/deep/items")).multipart(form).send().await.expect("post");
+    assert_eq!(response.status(), 201);
+    let (status, body) = client.search_raw("deep", image, "&k=1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((&body["model"], &body["results"][0]["item_id"]), (&json!(model), &json!("added-1")), "{body}");
+    assert!(body["results"][0]["distance"].as_f64().expect("distance") < 1e-3, "{body}");
     server.stop().await.expect("stop");
 }
 
@@ -244,6 +321,13 @@ async fn bad_finetune_requests_are_refused_and_a_canceled_job_changes_nothing() 
         (json!({"kind": "finetune", "dataset": "small", "params": {"mining": "hardest"}}), 400, "invalid_params"),
         (json!({"kind": "finetune", "dataset": "small", "params": {"holdout": 0.9}}), 400, "invalid_params"),
         (json!({"kind": "finetune", "dataset": "small", "params": {"epoch": 3}}), 400, "invalid_params"),
+        (json!({"kind": "finetune", "dataset": "small", "params": {"trainable_blocks": 17}}), 400, "invalid_params"),
+        (
+            json!({"kind": "finetune", "dataset": "small", "params": {"trainable_blocks": "most"}}),
+            400,
+            "invalid_params",
+        ),
+        (json!({"kind": "finetune", "dataset": "small", "params": {"augment": true}}), 400, "invalid_params"),
         (json!({"kind": "reindex", "dataset": "small", "params": {}}), 400, "invalid_params"),
         (json!({"kind": "reindex", "dataset": "small", "params": {"model": "ft-none"}}), 404, "model_not_found"),
     ] {

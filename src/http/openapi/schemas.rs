@@ -69,6 +69,17 @@ pub struct FinetuneParams {
     /// Above this many training items, offline mining runs on a seeded subset of this size.
     #[schema(minimum = 2, maximum = 100000, default = 10000)]
     max_mined_items: Option<u32>,
+    /// Backbone blocks trained with the head, counted from the last (0: the head alone), or
+    /// `"all"`.
+    #[schema(example = 1, default = 0)]
+    trainable_blocks: Option<serde_json::Value>,
+    /// AdamW learning rate of the trained blocks (the head keeps `learning_rate`).
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0, default = 0.0001)]
+    backbone_learning_rate: Option<f64>,
+    /// Train the blocks from randomly cropped, flipped and colour-jittered images (seeded) instead
+    /// of the cached block inputs. Needs `trainable_blocks` above 0.
+    #[schema(default = false)]
+    augment: Option<bool>,
 }
 
 /// A reindex job's `params`: the model to serve the dataset with.

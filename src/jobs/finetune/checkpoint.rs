@@ -1,4 +1,4 @@
-//! The checkpoint of a finetune job's training stage: the trained head, saved under the job's
+//! The checkpoint of a finetune job's training stage: the trained head (and blocks), saved under the job's
 //! artifacts folder with a digest of the item set and params it was trained with, so a job
 //! resumed after a restart skips training when it had finished it on the same items.
 
@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::training::Trained;
 use crate::db::items::ItemRecord;
-use crate::generation::store::HEAD_FILE;
+use crate::generation::store::{HEAD_FILE, TAIL_FILE};
+use crate::network::tail::{load_tail, save_tail};
 use crate::train::params::FinetuneParams;
 use crate::train::{EmbeddingHead, TrainedHead};
 
@@ -36,17 +38,25 @@ impl Checkpoint {
         Self { dir: artifacts.join("checkpoint"), key: hex::encode(hasher.finalize()) }
     }
 
-    pub fn load(&self) -> Option<TrainedHead> {
+    pub fn load(&self) -> Option<Trained> {
         let meta: CheckpointMeta = serde_json::from_slice(&std::fs::read(self.dir.join("meta.json")).ok()?).ok()?;
         if meta.key != self.key {
             return None;
         }
         let head = EmbeddingHead::load(self.dir.join(HEAD_FILE), &candle_core::Device::Cpu).ok()?;
-        Some(TrainedHead { head, steps: meta.steps, final_loss: meta.final_loss, losses: meta.losses })
+        let tail_path = self.dir.join(TAIL_FILE);
+        let tail = if tail_path.exists() { Some(load_tail(&tail_path).ok()?) } else { None };
+        let head = TrainedHead { head, steps: meta.steps, final_loss: meta.final_loss, losses: meta.losses };
+        Some(Trained { head, tail })
     }
 
-    pub fn save(&self, trained: &TrainedHead) -> anyhow::Result<()> {
+    pub fn save(&self, trained: &Trained) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
+        if let Some(tail) = &trained.tail {
+            save_tail(tail, &self.dir.join(TAIL_FILE))?;
+            std::fs::File::open(self.dir.join(TAIL_FILE))?.sync_all()?;
+        }
+        let trained = &trained.head;
         let head_path = self.dir.join(HEAD_FILE);
         trained.head.save(&head_path)?;
         std::fs::File::open(&head_path)?.sync_all()?;

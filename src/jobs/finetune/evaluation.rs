@@ -99,12 +99,14 @@ pub fn decide(promote: Promote, before: &Metrics, after: &Metrics, recall_tolera
     }
 }
 
+/// `parent_inputs` and `model_inputs`: what each model reads of every catalogue item
+/// ([`ModelHandle::boundary`]), in catalogue order.
 pub(super) fn before_and_after(
     run: &Run,
     catalogue: &Catalogue,
     split: &Split,
-    parent: ModelHandle,
-    model: ModelHandle,
+    (parent, parent_inputs): (ModelHandle, &[Vec<f32>]),
+    (model, model_inputs): (ModelHandle, &[Vec<f32>]),
 ) -> Result<Evaluation, JobFailure> {
     let params = &run.params;
     let mut queries = split.holdout.clone();
@@ -114,9 +116,9 @@ pub(super) fn before_and_after(
         queries.sort_unstable();
     }
     let device = &run.state.device;
-    let before = evaluate(&parent, catalogue, &queries, &split.train, device)?;
+    let before = evaluate(&parent, parent_inputs, catalogue, &queries, &split.train, device)?;
     run.cancel.check()?;
-    let after = evaluate(&model, catalogue, &queries, &split.train, device)?;
+    let after = evaluate(&model, model_inputs, catalogue, &queries, &split.train, device)?;
     let decision = decide(params.promote, &before, &after, params.recall_tolerance, queries.len());
     Ok(Evaluation { parent, model, before, after, queries: queries.len(), decision })
 }
@@ -125,13 +127,14 @@ pub(super) fn before_and_after(
 /// exactly.
 fn evaluate(
     model: &ModelHandle,
+    inputs: &[Vec<f32>],
     catalogue: &Catalogue,
     queries: &[usize],
     gallery: &[usize],
     device: &candle_core::Device,
 ) -> Result<Metrics, JobFailure> {
     let embed = |indices: &[usize]| -> anyhow::Result<Vec<f32>> {
-        let rows: Vec<&[f32]> = indices.iter().map(|&i| catalogue.features[i].as_slice()).collect();
+        let rows: Vec<&[f32]> = indices.iter().map(|&i| inputs[i].as_slice()).collect();
         Ok(model.project_many(&rows)?.concat())
     };
     let dim = model.dim(catalogue.features.first().map_or(0, Vec::len));

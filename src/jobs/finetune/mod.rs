@@ -4,13 +4,17 @@
 //! Stages, in order (each is the job's `stage`; `progress` runs through the
 //! ranges below and `detail` carries the stage's figures), one function each:
 //! 1. [`features`] (0–20%): every live item's backbone features, from the
-//!    feature cache (written by ingest), embedding only what it lacks.
+//!    feature cache (written by ingest), embedding only what it lacks; with
+//!    `trainable_blocks` above 0 also the activations entering the first trained
+//!    block, from their own cache (ingest writes the default's).
 //! 2. [`mining`] (20–30%): a seeded per-label split holds out `holdout` of each
 //!    label's items ([`split`]); offline hard-example mining over the training
 //!    items' pretrained features (`train::offline`: global quantile thresholds on
 //!    the anchor–positive and anchor–negative distance distributions). Writes
 //!    `distance-histogram.png` and `mined-pairs.json`.
 //! 3. [`training`] (30–80%): the embedding head is trained on cached features
+//!    (with `trainable_blocks`, the last blocks and head convolution with it, on
+//!    the cached block inputs: `train::tail`)
 //!    with P×K batches and the triplet loss (`train::trainer`); in the default
 //!    `offline+online` mode every batch brings each anchor's mined hard
 //!    positive and mines hard negatives inside the batch. Writes
@@ -53,11 +57,13 @@ use crate::db::models::NewModel;
 use crate::error::{ErrorCode, JobFailure};
 use crate::generation::projection::Projection;
 use crate::generation::{DatasetState, ModelHandle, build_generation, promote, store};
+use crate::network::tail::Tail;
 use crate::train::params::{FinetuneParams, check_trainable, mining_name};
 use crate::train::retrieval::Metrics;
-use crate::train::{MinedPairs, MiningStats, Thresholds, TrainedHead, mine_offline};
+use crate::train::{MinedPairs, MiningStats, Thresholds, mine_offline};
 use evaluation::Evaluation;
 pub use split::{Split, holdout_split};
+use training::Trained;
 
 /// What a finetune job records as its `result`.
 #[derive(Debug, Serialize)]
@@ -99,6 +105,8 @@ pub struct MiningSummary {
 
 #[derive(Debug, Serialize)]
 pub struct TrainingSummary {
+    /// Backbone blocks trained with the head (0: the head alone).
+    pub trainable_blocks: usize,
     pub steps: usize,
     pub final_loss: f32,
     pub batch_classes: usize,
@@ -132,9 +140,22 @@ struct Catalogue {
     records: Vec<ItemRecord>,
     /// Backbone features, in `records` order.
     features: Vec<Vec<f32>>,
+    /// With trained blocks: the activations entering the first, in `records` order.
+    blocks: Option<Vec<Vec<f32>>>,
     /// Label id of each record; `label_names[id]` is its name.
     labels: Vec<u32>,
     label_names: Vec<String>,
+}
+
+impl Catalogue {
+    /// What `model` reads of every item: the block inputs loaded for a model that trained blocks,
+    /// else the features. (A model reading another block than the loaded one is the caller's.)
+    fn inputs_of(&self, model: &ModelHandle) -> &[Vec<f32>] {
+        match (model.boundary(), &self.blocks) {
+            (Some(_), Some(blocks)) => blocks,
+            _ => &self.features,
+        }
+    }
 }
 
 /// What the `mining` stage hands to training.
@@ -205,8 +226,9 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
             anchors_with_injected_positive: mined.pairs.injected_positives().len(),
         },
         training: TrainingSummary {
-            steps: trained.steps,
-            final_loss: trained.final_loss,
+            trainable_blocks: run.params.trainable_blocks,
+            steps: trained.head.steps,
+            final_loss: trained.head.final_loss,
             batch_classes: run.params.batch_classes.min(mined.batch_labels),
             batch_per_class: run.params.batch_per_class,
             train_items: mined.split.train.len(),
@@ -221,13 +243,29 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
 fn features(run: &Run, report: &mut Reporter) -> Result<Catalogue, JobFailure> {
     report.stage("features", 0.0, json!({}));
     let records = run.runtime.block_on(run.state.db.all_items(&run.job.dataset))?;
+    let boundary = run.params.first_trainable_block();
+    let share = if boundary.is_some() { 0.1 } else { 0.2 };
     let features =
         super::features::features_of(run.state, &run.job.dataset, &records, run.cancel, &mut |done, total| {
-            let progress = 0.2 * done as f64 / total.max(1) as f64;
+            let progress = share * done as f64 / total.max(1) as f64;
             report.progress("features", progress, json!({"embedded": done, "to_embed": total}));
         })?;
+    let blocks = match boundary {
+        Some(block) => Some(super::features::model_inputs_of(
+            run.state,
+            &run.job.dataset,
+            &records,
+            Some(block),
+            run.cancel,
+            &mut |done, total| {
+                let progress = 0.1 + 0.1 * done as f64 / total.max(1) as f64;
+                report.progress("features", progress, json!({"block": block, "embedded": done, "to_embed": total}));
+            },
+        )?),
+        None => None,
+    };
     let (label_names, labels) = split::label_ids(&records);
-    Ok(Catalogue { records, features, labels, label_names })
+    Ok(Catalogue { records, features, blocks, labels, label_names })
 }
 
 /// Stage 2: the held-out split, and offline mining over the training items.
@@ -259,7 +297,7 @@ fn evaluating(
     report: &mut Reporter,
     catalogue: &Catalogue,
     mined: &Mined,
-    trained: &TrainedHead,
+    trained: &Trained,
 ) -> Result<Evaluation, JobFailure> {
     run.cancel.check()?;
     report.stage("evaluating", 0.8, json!({}));
@@ -267,17 +305,35 @@ fn evaluating(
     let model = ModelHandle {
         id: model_id_for(&run.job.id),
         backbone: parent.backbone.clone(),
-        head: Some(Arc::new(Projection::from_head(&trained.head, &run.state.device)?)),
+        head: Some(Arc::new(Projection::from_head(&trained.head.head, &run.state.device)?)),
+        tail: trained.tail.as_ref().map(Tail::new).transpose()?.map(Arc::new),
     };
-    let evaluation = evaluation::before_and_after(run, catalogue, &mined.split, parent, model)?;
+    // The active model may read another block than the new one (an earlier deep finetune).
+    let parent_inputs = match parent.boundary() {
+        None => None,
+        Some(block) if Some(block) == run.params.first_trainable_block() => None,
+        other => Some(super::features::model_inputs_of(
+            run.state,
+            &run.job.dataset,
+            &catalogue.records,
+            other,
+            run.cancel,
+            &mut |_, _| {},
+        )?),
+    };
+    let parent_inputs = parent_inputs.as_deref().unwrap_or_else(|| catalogue.inputs_of(&parent));
+    let model_inputs = catalogue.inputs_of(&model);
+    let evaluation =
+        evaluation::before_and_after(run, catalogue, &mined.split, (parent, parent_inputs), (model, model_inputs))?;
     run.cancel.check()?;
     let meta = json!({
         "id": evaluation.model.id, "parent": evaluation.parent.id, "backbone": evaluation.parent.backbone,
         "input_size": run.state.embedder.model().input_size, "dim": run.params.embedding_dim, "job": run.job.id,
+        "trainable_blocks": run.params.trainable_blocks, "first_block": run.params.first_trainable_block(),
         "params": run.params, "eval": {"before": evaluation.before, "after": evaluation.after},
     });
     let model_dir = store::model_dir(run.state.data_dir(), &run.job.dataset, &evaluation.model.id);
-    store::save_head(&model_dir, &trained.head, &meta)?;
+    store::save_model(&model_dir, &trained.head.head, trained.tail.as_ref(), &meta)?;
     let row = NewModel {
         id: &evaluation.model.id,
         parent: Some(&evaluation.parent.id),
@@ -297,16 +353,20 @@ fn evaluating(
 }
 
 /// Stage 5: the new model's index, built aside, then checked, saved, swapped in and recorded.
-/// Takes the catalogue: its features go into the new index without a copy.
+/// Takes the catalogue: what the model reads goes into the new index without a copy.
 fn promoting(run: &Run, report: &mut Reporter, catalogue: Catalogue, model: &ModelHandle) -> Result<(), JobFailure> {
     report.stage("indexing", 0.85, json!({}));
     let state = run.state;
+    let inputs = match model.boundary() {
+        Some(_) => catalogue.blocks.unwrap_or_default(),
+        None => catalogue.features,
+    };
     let candidate = build_generation(
         model.clone(),
         state.embedder.model().dim,
         &state.settings.index.params,
         &catalogue.records,
-        catalogue.features,
+        inputs,
         run.cancel,
         &mut |done, total| {
             let progress = 0.85 + 0.13 * done as f64 / total.max(1) as f64;
@@ -314,8 +374,16 @@ fn promoting(run: &Run, report: &mut Reporter, catalogue: Catalogue, model: &Mod
         },
     )?;
     report.stage("swapping", 0.98, json!({}));
+    let boundary = model.boundary();
     promote(&state.db, &run.dataset, candidate, run.cancel, &mut |records| {
-        super::features::features_of(state, &run.job.dataset, records, &CancelFlag::default(), &mut |_, _| {})
+        super::features::model_inputs_of(
+            state,
+            &run.job.dataset,
+            records,
+            boundary,
+            &CancelFlag::default(),
+            &mut |_, _| {},
+        )
     })
 }
 
