@@ -7,7 +7,8 @@
 #
 # Each run is its own process (`lookalike-experiment --deep-blocks N --mode M`), so its peak
 # memory is its own; a run whose JSON exists is not run again (FORCE=1 reruns). BLOCKS, MODES,
-# SEEDS and BUDGET (steps per run, default 3000) choose the matrix. The frozen backbone's
+# SEEDS and BUDGET (steps per run, default 3000) choose the matrix; MIX (e.g. "0.25,0.5") also
+# evaluates each checkpoint blended with that share of the pretrained features. The frozen backbone's
 # activations are cached in /var/tmp/lookalike-experiment/ by the first run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ if [[ "${1:-}" == "--tiny" ]]; then
     blocks=${BLOCKS:-0 2}
     modes=${MODES:-offline+online}
     budget=${BUDGET:-12}
+    MIX=${MIX:-0.25}
     rm -rf "$out"
 else
     cargo build --quiet --locked --release -p lookalike-bench --bin lookalike-experiment
@@ -42,7 +44,8 @@ for seed in $seeds; do
                 continue
             fi
             echo "== $b blocks, $mode, seed $seed"
-            "$binary" "${extra[@]}" --deep-blocks "$b" --mode "$mode" --seed "$seed" --budget "$budget" --out "$file"
+            "$binary" "${extra[@]}" --deep-blocks "$b" --mode "$mode" --seed "$seed" --budget "$budget" \
+                ${MIX:+--mix "$MIX"} --out "$file"
         done
     done
 done

@@ -38,6 +38,18 @@ def main():
                  for k in r["checkpoints"]]
         print(f"| {c['blocks']} | {c['mode']} | {c['train']['seed']} | " + " | ".join(cells) + " |")
 
+    blended = [r for r in runs if r.get("blended")]
+    if blended:
+        print("\nBlended with the pretrained features, `[√α·f ; √(1−α)·e]` (MAP@R / R@1 / R@5 / R@10):\n")
+        print("| trained | mode | seed | step | α | MAP@R | R@1 | R@5 | R@10 |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in blended:
+            c = r["config"]
+            for b in r["blended"]:
+                m = b["metrics"]
+                print(f"| {c['blocks']} | {c['mode']} | {c['train']['seed']} | {b['step']:,} | {b['share']:.2f} | "
+                      f"{m['map_at_r']:.4f} | {m['recall_at_1']:.4f} | {m['recall_at_5']:.4f} | {m['recall_at_10']:.4f} |")
+
 
 if __name__ == "__main__":
     main()

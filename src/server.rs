@@ -130,7 +130,13 @@ async fn active_model(state: &AppState, dataset: &str) -> anyhow::Result<ModelHa
         tracing::warn!(dataset, model = %active.id, backbone = %active.backbone, loaded = %backbone,
             "the active model was trained on another backbone: serving the pretrained model");
     } else {
-        match crate::generation::store::load_handle(state.data_dir(), dataset, &active, &state.device) {
+        match crate::generation::store::load_handle(
+            state.data_dir(),
+            dataset,
+            &active,
+            state.embedder.network(),
+            &state.device,
+        ) {
             Ok(model) => return Ok(model),
             Err(err) => tracing::error!(dataset, model = %active.id, error = %format!("{err:#}"),
                 "the active model cannot be loaded: serving the pretrained model"),

@@ -166,6 +166,22 @@ pub struct ModelHandle {
     pub backbone: String,
     pub head: Option<Arc<Projection>>,
     pub tail: Option<Arc<Tail>>,
+    /// How much of the pretrained geometry a fine-tuned model keeps ([`PretrainedShare`]).
+    pub pretrained: Option<PretrainedShare>,
+}
+
+/// A fine-tuned model's embedding keeps a share α of the pretrained model's: it is
+/// `[√α·f ; √(1−α)·e]`, `f` the pretrained L2-normalised feature and `e` the trained embedding,
+/// so squared distances are `α·|Δf|² + (1−α)·|Δe|²`. The trained embedding gathers each label
+/// into one tight cluster; a query it puts into the wrong cluster finds no right item in its first
+/// ten, where the pretrained features still find visually near items of its label. The blend keeps
+/// those (docs/EXPERIMENTS.md measures α).
+#[derive(Clone)]
+pub struct PretrainedShare {
+    pub share: f32,
+    /// For a model that reads block inputs: the pretrained blocks from that block on (the
+    /// embedder's own weights, not a copy), which give `f`.
+    pub frozen: Option<Arc<Tail>>,
 }
 
 /// Block inputs projected per pass through a tail: bounds the activations held at once.
@@ -174,7 +190,7 @@ const TAIL_CHUNK: usize = 256;
 impl ModelHandle {
     /// The pretrained backbone on its own.
     pub fn pretrained(backbone: &str) -> Self {
-        Self { id: backbone.to_owned(), backbone: backbone.to_owned(), head: None, tail: None }
+        Self { id: backbone.to_owned(), backbone: backbone.to_owned(), head: None, tail: None, pretrained: None }
     }
 
     pub fn is_pretrained(&self) -> bool {
@@ -190,27 +206,39 @@ impl ModelHandle {
     /// The search embedding of one model input: the features (or the block inputs run through
     /// the tail) projected by the head, or the features themselves for the pretrained model.
     pub fn project(&self, input: &[f32]) -> anyhow::Result<Vec<f32>> {
-        let tailed;
-        let features = match &self.tail {
-            Some(tail) => {
-                tailed = tail.features(&[input])?;
-                tailed[0].as_slice()
-            }
-            None => input,
-        };
-        Ok(match &self.head {
-            Some(head) => head.project(features),
-            None => features.to_vec(),
-        })
+        Ok(self.project_many(&[input])?.remove(0))
     }
 
     /// [`ModelHandle::project`] of many rows (the head on the GPU when its bulk device is one).
     pub fn project_many(&self, inputs: &[&[f32]]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let Some(tail) = &self.tail else { return self.project_features(inputs) };
+        if self.tail.is_none() && self.pretrained.is_none() {
+            return self.project_features(inputs);
+        }
         let mut out = Vec::with_capacity(inputs.len());
         for chunk in inputs.chunks(TAIL_CHUNK) {
-            let features = tail.features(chunk)?;
-            out.extend(self.project_features(&features.iter().map(Vec::as_slice).collect::<Vec<_>>())?);
+            let trained = match &self.tail {
+                Some(tail) => {
+                    let features = tail.features(chunk)?;
+                    self.project_features(&features.iter().map(Vec::as_slice).collect::<Vec<_>>())?
+                }
+                None => self.project_features(chunk)?,
+            };
+            match &self.pretrained {
+                Some(blend) => {
+                    let pretrained = match &blend.frozen {
+                        Some(frozen) => frozen.features(chunk)?,
+                        None => chunk.iter().map(|f| f.to_vec()).collect(),
+                    };
+                    let (a, b) = (blend.share.sqrt(), (1.0 - blend.share).sqrt());
+                    out.extend(
+                        pretrained
+                            .iter()
+                            .zip(trained)
+                            .map(|(f, e)| f.iter().map(|x| a * x).chain(e.iter().map(|x| b * x)).collect::<Vec<f32>>()),
+                    );
+                }
+                None => out.extend(trained),
+            }
         }
         Ok(out)
     }
@@ -224,6 +252,38 @@ impl ModelHandle {
 
     /// Length of this model's embeddings, given the backbone's.
     pub fn dim(&self, backbone_dim: usize) -> usize {
-        self.head.as_ref().map_or(backbone_dim, |h| h.out_dim())
+        let trained = self.head.as_ref().map_or(backbone_dim, |h| h.out_dim());
+        trained + if self.pretrained.is_some() { backbone_dim } else { 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::EmbeddingHead;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// A blended model's embedding is `[√α·f ; √(1−α)·e]`: unit length, and squared distances
+    /// are α times the pretrained ones plus (1 − α) times the trained ones.
+    #[test]
+    fn a_blended_embedding_mixes_squared_distances() -> anyhow::Result<()> {
+        let head = EmbeddingHead::seeded(&VarMap::new(), 6, 3, 1, &Device::Cpu)?;
+        let head = Arc::new(Projection::from_head(&head, &Device::Cpu)?);
+        let trained =
+            ModelHandle { id: "ft".into(), backbone: "b".into(), head: Some(head), tail: None, pretrained: None };
+        let blended = ModelHandle { pretrained: Some(PretrainedShare { share: 0.3, frozen: None }), ..trained.clone() };
+        assert_eq!((trained.dim(6), blended.dim(6)), (3, 9));
+        let unit = |v: [f32; 6]| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.map(|x| x / n)
+        };
+        let (f, g) = (unit([1.0, 2.0, 0.0, -1.0, 0.5, 0.0]), unit([0.0, 1.0, 1.0, 0.0, -2.0, 1.0]));
+        let squared = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+        let (bf, bg) = (blended.project(&f)?, blended.project(&g)?);
+        assert!((bf.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
+        let expected = 0.3 * squared(&f, &g) + 0.7 * squared(&trained.project(&f)?, &trained.project(&g)?);
+        assert!((squared(&bf, &bg) - expected).abs() < 1e-5, "{} vs {expected}", squared(&bf, &bg));
+        Ok(())
     }
 }

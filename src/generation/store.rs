@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::ModelHandle;
+use super::{ModelHandle, PretrainedShare};
 use crate::db::models::ModelRecord;
 use crate::generation::projection::Projection;
+use crate::network::EmbeddingModel;
 use crate::network::lite0::TailWeights;
 use crate::network::tail::{Tail, load_tail, save_tail};
 use crate::train::EmbeddingHead;
@@ -47,11 +48,13 @@ pub fn save_model(
     })
 }
 
-/// The model a record describes, ready to embed with (its head and tail loaded).
+/// The model a record describes, ready to embed with (its head and tail loaded; `network` is the
+/// shared trunk, whose weights give a blended model's pretrained part).
 pub fn load_handle(
     data_dir: &Path,
     dataset: &str,
     record: &ModelRecord,
+    network: &EmbeddingModel,
     device: &candle_core::Device,
 ) -> anyhow::Result<ModelHandle> {
     if record.is_pretrained() {
@@ -63,5 +66,29 @@ pub fn load_handle(
         path if path.exists() => Some(Arc::new(Tail::new(&load_tail(&path)?)?)),
         _ => None,
     };
-    Ok(ModelHandle { id: record.id.clone(), backbone: record.backbone.clone(), head: Some(Arc::new(head)), tail })
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(MODEL_META_FILE))?)?;
+    let share = meta.get(PRETRAINED_SHARE).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    let boundary = tail.as_ref().map(|t| t.first_block());
+    let pretrained = pretrained_share(share, boundary, network)?;
+    let (id, backbone) = (record.id.clone(), record.backbone.clone());
+    Ok(ModelHandle { id, backbone, head: Some(Arc::new(head)), tail, pretrained })
+}
+
+/// Key of a model's share of the pretrained geometry in its `model.json`.
+pub const PRETRAINED_SHARE: &str = "pretrained_share";
+
+/// The blend of a model with share `share` (none at 0) reading block inputs at `boundary`.
+pub fn pretrained_share(
+    share: f64,
+    boundary: Option<usize>,
+    network: &EmbeddingModel,
+) -> anyhow::Result<Option<PretrainedShare>> {
+    if share <= 0.0 {
+        return Ok(None);
+    }
+    let frozen = match boundary {
+        Some(block) => Some(Arc::new(Tail::new(&network.tail_weights(block)?)?)),
+        None => None,
+    };
+    Ok(Some(PretrainedShare { share: share as f32, frozen }))
 }

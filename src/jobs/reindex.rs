@@ -42,7 +42,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
             format!("model {model_id} reads backbone {}, but {} is loaded", record.backbone, backbone.id),
         ));
     }
-    let model = store::load_handle(state.data_dir(), &job.dataset, &record, &state.device)?;
+    let model = store::load_handle(state.data_dir(), &job.dataset, &record, state.embedder.network(), &state.device)?;
     let records = runtime.block_on(state.db.all_items(&job.dataset))?;
     let dir = dataset.index_dir(model_id);
     let boundary = model.boundary();

@@ -88,6 +88,10 @@ pub struct FinetuneParams {
     /// Train the blocks from the images, randomly cropped, flipped and colour-jittered each step
     /// (seeded), instead of from the cached block inputs. Needs `trainable_blocks` above 0.
     pub augment: bool,
+    /// Share α of the pretrained geometry the model's embedding keeps: `[√α·pretrained feature ;
+    /// √(1−α)·trained embedding]` (`generation::PretrainedShare`); 0 serves the trained embedding
+    /// alone.
+    pub pretrained_share: f64,
 }
 
 /// `trainable_blocks`: a count, or `"all"`.
@@ -128,7 +132,8 @@ impl FinetuneParams {
     }
 
     fn check(&self) -> Result<(), String> {
-        let rules: [(&str, bool, &str); 16] = [
+        let rules: [(&str, bool, &str); 17] = [
+            ("pretrained_share", (0.0..1.0).contains(&self.pretrained_share), "0 to below 1"),
             ("trainable_blocks", self.trainable_blocks <= BLOCKS, "0 to 16, or \"all\""),
             (
                 "backbone_learning_rate",

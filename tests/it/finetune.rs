@@ -246,7 +246,9 @@ async fn a_deep_generation_survives_a_restart_and_a_rollback_with_identical_answ
     let pretrained = pretrained_answers[0].0.clone();
 
     // Trained from the images, augmented: every step runs the frozen blocks on new crops.
-    let params = json!({"promote": "always", "epochs": 3, "trainable_blocks": 2, "augment": true});
+    // Its embedding keeps a quarter of the pretrained geometry, through the embedder's own blocks.
+    let params =
+        json!({"promote": "always", "epochs": 3, "trainable_blocks": 2, "augment": true, "pretrained_share": 0.25});
     let job = finetune(&client, "deep", params).await;
     let job = client.wait_job(job["id"].as_str().expect("id")).await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -262,6 +264,9 @@ async fn a_deep_generation_survives_a_restart_and_a_rollback_with_identical_answ
     let caches: Vec<String> = features.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
     assert!(caches.iter().any(|name| name.ends_with("-block14-v1.f32")), "block inputs cached: {caches:?}");
 
+    let (_, models) = client.get("/datasets/deep/models").await;
+    let listed = models["models"].as_array().expect("models").iter().find(|m| m["id"] == model.as_str()).cloned();
+    assert_eq!(listed.expect("listed")["dim"], 128 + 1280, "{models}");
     let deep_answers = answers(&client, "deep", queries).await;
     assert!(deep_answers.iter().all(|(m, _)| *m == model), "{deep_answers:?}");
     let changed = deep_answers.iter().zip(&pretrained_answers).filter(|(d, p)| d.1 != p.1).count();

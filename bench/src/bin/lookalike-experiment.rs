@@ -54,6 +54,10 @@ struct Cli {
     /// defaults (for example `{"backbone_learning_rate": 3e-5, "embedding_dim": 256}`).
     #[arg(long, default_value = "{}")]
     train: String,
+    /// Deep runs: also evaluate the trained embedding mixed with this share of the pretrained
+    /// features at each checkpoint (logged), e.g. `--mix 0.25,0.5`.
+    #[arg(long, value_delimiter = ',')]
+    mix: Vec<f32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,6 +112,7 @@ fn deep(cli: &Cli, base: ExperimentConfig, blocks: usize) -> anyhow::Result<()> 
         checkpoints: checkpoints.to_vec(),
         train: train_params(&base.train, &cli.train, cli.seed)?,
         offline: base.offline,
+        mix: cli.mix.clone(),
     };
     let run = experiment::deep::run(&config)?;
     if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {

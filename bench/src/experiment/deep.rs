@@ -70,6 +70,10 @@ pub struct DeepConfig {
     pub checkpoints: Vec<usize>,
     pub train: TrainParams,
     pub offline: OfflineMiningParams,
+    /// Shares α of the pretrained geometry to also evaluate at each checkpoint (logged): each
+    /// item as `[√α·pretrained feature ; √(1−α)·trained embedding]`, so squared distances mix
+    /// as α·pretrained + (1−α)·trained.
+    pub mix: Vec<f32>,
 }
 
 /// What one run measured (one JSON file).
@@ -95,6 +99,17 @@ pub struct DeepRun {
     pub total_seconds: f64,
     /// Peak resident memory of the process (`VmHWM`), MiB.
     pub peak_rss_mib: f64,
+    /// The trained embedding blended with the pretrained features ([`DeepConfig::mix`]), at
+    /// each checkpoint.
+    pub blended: Vec<Blended>,
+}
+
+/// Quality of one blend at one checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Blended {
+    pub step: usize,
+    pub share: f32,
+    pub metrics: Metrics,
 }
 
 /// Runs one configuration and returns what it measured.
@@ -151,6 +166,7 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
     let data = EvalData { catalogue_labels: &catalogue_labels, query_labels: &query_labels };
 
     let mut recorder = Recorder::new(config.budget, &config.checkpoints);
+    let blended = std::cell::RefCell::new(Vec::new());
     let train_started = Instant::now();
     let trained = if config.blocks == 0 {
         let evaluate = |head: &EmbeddingHead| -> anyhow::Result<Metrics> {
@@ -171,6 +187,16 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
         let evaluate = |tail: &BackboneTail| -> anyhow::Result<Metrics> {
             let gallery = embed_through(tail, &catalogue_inputs)?;
             let queries = embed_through(tail, &query_inputs)?;
+            let step = blended.borrow().len() / config.mix.len().max(1);
+            for &share in &config.mix {
+                let d = params.embedding_dim;
+                let mixed_gallery = mixed(&pretrained_catalogue, &gallery, dim, d, share);
+                let mixed_queries = mixed(&pretrained_queries, &queries, dim, d, share);
+                let metrics = data.metrics(&mixed_queries, &mixed_gallery, dim + d)?;
+                tracing::info!(share, ?metrics, "blended with the pretrained features");
+                // The checkpoint's step: the n-th evaluation is the n-th checkpoint.
+                blended.borrow_mut().push(Blended { step, share, metrics });
+            }
             data.metrics(&queries, &gallery, params.embedding_dim)
         };
         if config.checkpoints.contains(&0) {
@@ -209,6 +235,11 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
         eval_seconds: recorder.eval_time.as_secs_f64(),
         total_seconds: started.elapsed().as_secs_f64(),
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+        blended: blended
+            .into_inner()
+            .into_iter()
+            .map(|b| Blended { step: config.checkpoints.get(b.step).copied().unwrap_or(b.step), ..b })
+            .collect(),
     })
 }
 
@@ -287,6 +318,16 @@ fn pretrained_features(lite0: &Lite0, inputs: &Tensor) -> anyhow::Result<Vec<f32
     let pooled = lite0.features_from(inputs, CACHE_BLOCK)?;
     let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
     Ok(pooled.broadcast_div(&norms)?.flatten_all()?.to_vec1()?)
+}
+
+/// Rows `[√α·pretrained ; √(1−α)·trained]` (see [`DeepConfig::mix`]).
+fn mixed(pretrained: &[f32], trained: &[f32], pre_dim: usize, dim: usize, alpha: f32) -> Vec<f32> {
+    let (a, b) = (alpha.sqrt(), (1.0 - alpha).sqrt());
+    pretrained
+        .chunks_exact(pre_dim)
+        .zip(trained.chunks_exact(dim))
+        .flat_map(|(p, t)| p.iter().map(move |x| a * x).chain(t.iter().map(move |x| b * x)))
+        .collect()
 }
 
 /// Rows of `tail`'s embeddings of every input, in chunks.

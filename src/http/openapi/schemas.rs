@@ -80,6 +80,10 @@ pub struct FinetuneParams {
     /// of the cached block inputs. Needs `trainable_blocks` above 0.
     #[schema(default = false)]
     augment: Option<bool>,
+    /// Share α of the pretrained geometry the new embedding keeps: `[√α·pretrained feature ;
+    /// √(1−α)·trained embedding]`.
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0, default = 0.0)]
+    pretrained_share: Option<f64>,
 }
 
 /// A reindex job's `params`: the model to serve the dataset with.

@@ -307,6 +307,11 @@ fn evaluating(
         backbone: parent.backbone.clone(),
         head: Some(Arc::new(Projection::from_head(&trained.head.head, &run.state.device)?)),
         tail: trained.tail.as_ref().map(Tail::new).transpose()?.map(Arc::new),
+        pretrained: store::pretrained_share(
+            run.params.pretrained_share,
+            run.params.first_trainable_block(),
+            run.state.embedder.network(),
+        )?,
     };
     // The active model may read another block than the new one (an earlier deep finetune).
     let parent_inputs = match parent.boundary() {
@@ -326,9 +331,11 @@ fn evaluating(
     let evaluation =
         evaluation::before_and_after(run, catalogue, &mined.split, (parent, parent_inputs), (model, model_inputs))?;
     run.cancel.check()?;
+    let dim = evaluation.model.dim(run.state.embedder.model().dim);
     let meta = json!({
         "id": evaluation.model.id, "parent": evaluation.parent.id, "backbone": evaluation.parent.backbone,
-        "input_size": run.state.embedder.model().input_size, "dim": run.params.embedding_dim, "job": run.job.id,
+        "input_size": run.state.embedder.model().input_size, "dim": dim, "job": run.job.id,
+        "pretrained_share": run.params.pretrained_share,
         "trainable_blocks": run.params.trainable_blocks, "first_block": run.params.first_trainable_block(),
         "params": run.params, "eval": {"before": evaluation.before, "after": evaluation.after},
     });
@@ -338,7 +345,7 @@ fn evaluating(
         id: &evaluation.model.id,
         parent: Some(&evaluation.parent.id),
         backbone: &evaluation.parent.backbone,
-        dim: run.params.embedding_dim,
+        dim,
         eval: Some(&evaluation.after),
         job: Some(&run.job.id),
     };
