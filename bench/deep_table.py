@@ -28,14 +28,15 @@ def main():
         rate = r["steps"] / r["train_seconds"] if r["train_seconds"] > 0 else 0.0
         print(f"| {what}{outcome} | {c['mode']} | {c['train']['seed']} | {r['steps']} | {figures} | "
               f"{r['train_seconds']:.0f} | {rate:.1f} | {r['peak_rss_mib']:.0f} |")
-    print("\nAlong the way (MAP@R / R@1 / R@5 at each checkpoint):\n")
-    steps = [c["step"] for c in first["checkpoints"]]
-    print("| trained | mode | seed | " + " | ".join(f"{s:,}" for s in steps) + " |")
-    print("|---|---|---|" + "---|" * len(steps))
+    print("\nAlong the way (step: MAP@R / R@1 / R@5 at each checkpoint):\n")
+    width = max(len(r["checkpoints"]) for r in runs)
+    print("| trained | mode | seed | " + " | ".join(f"checkpoint {i + 1}" for i in range(width)) + " |")
+    print("|---|---|---|" + "---|" * width)
     for r in runs:
         c = r["config"]
-        cells = [f"{k['metrics']['map_at_r']:.3f} / {k['metrics']['recall_at_1']:.3f} / {k['metrics']['recall_at_5']:.3f}"
-                 for k in r["checkpoints"]]
+        cells = [f"{k['step']:,}: {k['metrics']['map_at_r']:.3f} / {k['metrics']['recall_at_1']:.3f} / "
+                 f"{k['metrics']['recall_at_5']:.3f}" for k in r["checkpoints"]]
+        cells += ["–"] * (width - len(cells))
         print(f"| {c['blocks']} | {c['mode']} | {c['train']['seed']} | " + " | ".join(cells) + " |")
 
     blended = [r for r in runs if r.get("blended")]

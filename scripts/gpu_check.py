@@ -59,7 +59,8 @@ PROFILES = {
 # Finetune params: a fifth of each label held out (more queries than the default tenth, for a
 # steadier MAP@R on a small catalogue); a fixed seed, so the CPU and the device split alike.
 # promote: always, since the check is of the pipeline on each device, not of the model's quality.
-FINETUNE_PARAMS = {"seed": 0, "holdout": 0.2, "promote": "always"}
+# The head alone: it is what trains on the GPU (trained blocks train on the CPU).
+FINETUNE_PARAMS = {"seed": 0, "holdout": 0.2, "promote": "always", "trainable_blocks": 0, "pretrained_share": 0}
 DATASET = "gpucheck"
 # Where Debian's OpenBLAS build lives; PyTorch on the CPU uses it when present (bench/embed.sh).
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread"

@@ -1,7 +1,10 @@
 //! Learning the catalogue, over real HTTP on real Fashion-MNIST images with
-//! the real pretrained backbone: a default finetune job raises held-out
+//! the real pretrained backbone: a head-only finetune job raises held-out
 //! MAP@R and publishes its charts, but lowers Recall@5 and is refused by
-//! `if_better`; promoted anyway, it serves searches; searches switch models in one
+//! `if_better`; promoted anyway, it serves searches; the default job (three
+//! trained blocks, blended with the pretrained geometry) still lowers Recall@5 on
+//! so small a catalogue and is refused too;
+//! a deep generation survives restarts and rollbacks; searches switch models in one
 //! swap under load; a rollback goes through a reindex job; a canceled job
 //! changes nothing; an interrupted one is resumed after a restart.
 
@@ -49,7 +52,7 @@ async fn png_artifact(client: &Client, job: &str, file: &str) -> image::DynamicI
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn default_finetune_raises_map_at_r_is_refused_for_its_recall_then_promoted_on_request() {
+async fn a_head_only_finetune_raises_map_at_r_is_refused_for_its_recall_then_promoted_on_request() {
     let data = tempfile::tempdir().expect("tempdir");
     let subset = support::fashion_subset(100, 20);
     let (server, client) = support::start(support::settings(data.path())).await;
@@ -59,10 +62,12 @@ async fn default_finetune_raises_map_at_r_is_refused_for_its_recall_then_promote
     let query = &subset.queries[0].1;
     assert_eq!(search(&client, "fashion", query).await.0, pretrained);
 
-    // The default job (head only, promote: if_better) doubles held-out MAP@R on these 1,000
-    // items but lowers Recall@5 from 0.94 to 0.88 (6 of its 100 held-out queries; the noise margin
-    // is 0.024): the model issue 11 is about, and the rule refuses it.
-    let queued = finetune(&client, "fashion", json!({})).await;
+    // The head alone on the pretrained features, 10 epochs (the default before issue 11)
+    // doubles held-out MAP@R on these 1,000 items but lowers Recall@5 from 0.94 to 0.88 (6 of its
+    // 100 held-out queries; the noise margin is 0.024): the model issue 11 is about, and the rule
+    // refuses it.
+    let head_only = json!({"trainable_blocks": 0, "pretrained_share": 0, "epochs": 10});
+    let queued = finetune(&client, "fashion", head_only.clone()).await;
     assert_eq!(queued["params"]["mining"], "offline+online", "the job shows the defaults it runs with");
     let refused = client.wait_job(queued["id"].as_str().expect("id")).await;
     assert_eq!(refused["status"], "succeeded", "{refused}");
@@ -88,7 +93,12 @@ async fn default_finetune_raises_map_at_r_is_refused_for_its_recall_then_promote
 
     // The same training (same seed, same data: the same head) with promote: always goes into
     // service.
-    let job = finetune(&client, "fashion", json!({"promote": "always"})).await;
+    let job = finetune(
+        &client,
+        "fashion",
+        json!({"promote": "always", "trainable_blocks": 0, "pretrained_share": 0, "epochs": 10}),
+    )
+    .await;
     let job = client.wait_job(job["id"].as_str().expect("id")).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let result = &job["result"];
@@ -170,6 +180,45 @@ async fn default_finetune_raises_map_at_r_is_refused_for_its_recall_then_promote
     for dir in ["models/fashion", "features/fashion", "indexes/fashion"] {
         assert!(!data.path().join(dir).exists(), "{dir} is gone after the delete");
     }
+    server.stop().await.expect("stop");
+}
+
+/// The default job trains the last three blocks with the head and blends the pretrained
+/// geometry in. On the full Fashion-MNIST that holds Recall@5 (docs/EXPERIMENTS.md); on these
+/// 1,000 items (140 steps) it still lowers it, 0.94 → 0.87 on the 100 held-out queries, and
+/// `if_better` refuses it: the rule is what keeps a small catalogue's first results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_finetune_trains_three_blocks_and_if_better_still_guards_recall() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let subset = support::fashion_subset(100, 20);
+    let (server, client) = support::start(support::settings(data.path())).await;
+    support::ingest(&client, "fashion", subset.catalogue_zip.clone()).await;
+    let pretrained = search(&client, "fashion", &subset.queries[0].1).await.0;
+    let queued = finetune(&client, "fashion", json!({})).await;
+    let defaults = (&queued["params"]["trainable_blocks"], &queued["params"]["pretrained_share"]);
+    assert_eq!(defaults, (&json!(3), &json!(0.25)));
+    let job = client.wait_job(queued["id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &job["result"];
+    let metric = |which: &str, name: &str| result["eval"][which][name].as_f64().expect("metric");
+    println!(
+        "default: held-out MAP@R {:.4} -> {:.4}, Recall@1 {} -> {}, Recall@5 {} -> {}, Recall@10 {} -> {}; seconds {}",
+        metric("before", "map_at_r"),
+        metric("after", "map_at_r"),
+        metric("before", "recall_at_1"),
+        metric("after", "recall_at_1"),
+        metric("before", "recall_at_5"),
+        metric("after", "recall_at_5"),
+        metric("before", "recall_at_10"),
+        metric("after", "recall_at_10"),
+        result["seconds"]
+    );
+    assert_eq!(result["training"]["trainable_blocks"], 3, "{result}");
+    let gain = metric("after", "map_at_r") / metric("before", "map_at_r") - 1.0;
+    assert!(gain >= MIN_RELATIVE_MAP_GAIN, "{result}");
+    assert!(metric("after", "recall_at_1") > metric("before", "recall_at_1"), "{result}");
+    assert_eq!((&result["promoted"], &result["rule"]), (&json!(false), &json!("recall5_fell")), "{result}");
+    assert_eq!(search(&client, "fashion", &subset.queries[0].1).await.0, pretrained, "the pretrained model serves");
     server.stop().await.expect("stop");
 }
 
@@ -332,7 +381,11 @@ async fn bad_finetune_requests_are_refused_and_a_canceled_job_changes_nothing() 
             400,
             "invalid_params",
         ),
-        (json!({"kind": "finetune", "dataset": "small", "params": {"augment": true}}), 400, "invalid_params"),
+        (
+            json!({"kind": "finetune", "dataset": "small", "params": {"augment": true, "trainable_blocks": 0}}),
+            400,
+            "invalid_params",
+        ),
         (json!({"kind": "reindex", "dataset": "small", "params": {}}), 400, "invalid_params"),
         (json!({"kind": "reindex", "dataset": "small", "params": {"model": "ft-none"}}), 404, "model_not_found"),
     ] {

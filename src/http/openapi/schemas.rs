@@ -21,7 +21,7 @@ pub struct FinetuneParams {
     #[schema(value_type = Option<String>, pattern = "^(offline\\+online|batch-hard|batch-all|semi-hard|random)$", default = "offline+online")]
     mining: Option<String>,
     /// Passes over the training items, each items / (P·K) batches.
-    #[schema(minimum = 1, maximum = 10000, default = 10)]
+    #[schema(minimum = 1, maximum = 10000, default = 5)]
     epochs: Option<u32>,
     /// Triplet hinge margin on the unit sphere (distances lie in 0..2).
     #[schema(exclusive_minimum = 0.0, maximum = 2.0, default = 0.2)]
@@ -71,7 +71,7 @@ pub struct FinetuneParams {
     max_mined_items: Option<u32>,
     /// Backbone blocks trained with the head, counted from the last (0: the head alone), or
     /// `"all"`.
-    #[schema(example = 1, default = 0)]
+    #[schema(example = 1, default = 3)]
     trainable_blocks: Option<serde_json::Value>,
     /// AdamW learning rate of the trained blocks (the head keeps `learning_rate`).
     #[schema(exclusive_minimum = 0.0, maximum = 1.0, default = 0.0001)]
@@ -82,7 +82,7 @@ pub struct FinetuneParams {
     augment: Option<bool>,
     /// Share α of the pretrained geometry the new embedding keeps: `[√α·pretrained feature ;
     /// √(1−α)·trained embedding]`.
-    #[schema(minimum = 0.0, exclusive_maximum = 1.0, default = 0.0)]
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0, default = 0.25)]
     pretrained_share: Option<f64>,
 }
 
