@@ -22,7 +22,8 @@ source bench/server.sh
 start_server
 echo "== $((per_label * 10)) catalogue items at $input_size px; $(nproc) cores"
 "$bin/lookalike" ingest "$work/fmnist/catalogue.zip" --dataset fashion --server "$url"
-echo "== pretrained model: 1,000 test queries"
+queries=$(( ${QUERIES_PER_LABEL:-100} * 10 ))
+echo "== pretrained model: $queries test queries"
 "$bin/lookalike" eval --dataset fashion --queries "$work/fmnist/queries" --server "$url" --json "$out/finetune-eval-before.json"
 echo "== finetune ${params[*]:-(defaults)}"
 /usr/bin/time -f "finetune command wall time: %e s" \
@@ -35,5 +36,5 @@ print("stage seconds:", ", ".join(f"{k} {v:.1f}" for k, v in job["result"]["seco
 print("training:", json.dumps(job["result"]["training"]))
 print("mining thresholds:", json.dumps(job["result"]["mining"]["thresholds"]))
 PY
-echo "== active model: the same 1,000 test queries"
+echo "== active model: the same $queries test queries"
 "$bin/lookalike" eval --dataset fashion --queries "$work/fmnist/queries" --server "$url" --json "$out/finetune-eval-after.json"
