@@ -7,12 +7,18 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::training::Trained;
 use crate::db::items::ItemRecord;
 use crate::generation::store::{HEAD_FILE, TAIL_FILE};
+use crate::network::lite0::TailWeights;
 use crate::network::tail::{load_tail, save_tail};
 use crate::train::params::FinetuneParams;
 use crate::train::{EmbeddingHead, TrainedHead};
+
+/// What training made: the head, and the trained blocks when blocks were trained.
+pub struct Trained {
+    pub head: TrainedHead,
+    pub tail: Option<TailWeights>,
+}
 
 /// The trained head of an interrupted job, valid for the same items.
 pub struct Checkpoint {

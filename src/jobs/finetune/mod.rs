@@ -37,6 +37,7 @@
 
 mod checkpoint;
 mod evaluation;
+mod result;
 pub mod split;
 mod training;
 
@@ -45,7 +46,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
 use serde_json::json;
 use tokio::runtime::Handle;
 
@@ -59,61 +59,11 @@ use crate::generation::projection::Projection;
 use crate::generation::{DatasetState, ModelHandle, build_generation, promote, store};
 use crate::network::tail::Tail;
 use crate::train::params::{FinetuneParams, check_trainable, mining_name};
-use crate::train::retrieval::Metrics;
-use crate::train::{MinedPairs, MiningStats, Thresholds, mine_offline};
+use crate::train::{MinedPairs, mine_offline};
+use checkpoint::Trained;
 use evaluation::Evaluation;
+pub use result::{EvalSummary, FinetuneResult, MiningSummary, TrainingSummary};
 pub use split::{Split, holdout_split};
-use training::Trained;
-
-/// What a finetune job records as its `result`.
-#[derive(Debug, Serialize)]
-pub struct FinetuneResult {
-    /// The trained model's id.
-    pub model: String,
-    /// The model that was active when the job evaluated (its `before`).
-    pub parent: String,
-    pub promoted: bool,
-    /// Which rule of `promote` decided, in words.
-    pub decision: String,
-    /// That rule by name (`better`, `map_did_not_rise`, `recall1_fell`, `recall5_fell`, `always`,
-    /// `never`).
-    pub rule: evaluation::Rule,
-    pub eval: EvalSummary,
-    pub mining: MiningSummary,
-    pub training: TrainingSummary,
-    /// Seconds per stage, and `total`.
-    pub seconds: BTreeMap<&'static str, f64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EvalSummary {
-    pub before: Metrics,
-    pub after: Metrics,
-    pub queries: usize,
-    pub gallery: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct MiningSummary {
-    pub mode: String,
-    pub thresholds: Thresholds,
-    pub stats: MiningStats,
-    pub hard_positives: usize,
-    pub hard_negatives: usize,
-    pub anchors_with_injected_positive: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TrainingSummary {
-    /// Backbone blocks trained with the head (0: the head alone).
-    pub trainable_blocks: usize,
-    pub steps: usize,
-    pub final_loss: f32,
-    pub batch_classes: usize,
-    pub batch_per_class: usize,
-    pub train_items: usize,
-    pub labels: usize,
-}
 
 /// What every stage of one run reads.
 struct Run<'a> {

@@ -9,21 +9,14 @@ use std::ops::ControlFlow;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, Trained};
 use super::{Catalogue, Mined, Run};
 use crate::error::{ErrorCode, JobFailure};
 use crate::jobs::Reporter;
-use crate::network::lite0::TailWeights;
 use crate::network::preprocess::decode_image;
 use crate::train::images::ImageBatches;
 use crate::train::params::mining_name;
 use crate::train::{BackboneTail, StepReport, TrainError, TrainParams, TrainedHead, train_head, train_tail};
-
-/// What training made: the head, and the trained blocks when blocks were trained.
-pub(super) struct Trained {
-    pub head: TrainedHead,
-    pub tail: Option<TailWeights>,
-}
 
 pub(super) fn run(
     run: &Run,
