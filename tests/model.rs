@@ -194,6 +194,10 @@ fn the_pretrained_tail_round_trips_and_gives_the_pretrained_features() {
     let images: Vec<f32> = (0..2 * 3 * 64 * 64).map(|i| ((i * 7919 % 251) as f32 / 125.0) - 1.0).collect();
     let x = Tensor::from_vec(images, (2, 3, 64, 64), &Device::Cpu).unwrap();
     let blocks = network.block_input(&x, 13).unwrap();
+    // At 64 px: 2×2×192, as the architecture alone says.
+    let dims = lookalike::network::lite0::block_input_dims(64, 13).unwrap();
+    assert_eq!(blocks.dims(), [2, dims.0, dims.0, dims.1]);
+    assert_eq!(lookalike::network::lite0::block_input_dims(64, 11), Some((4, 112)));
     let expected: Vec<Vec<f32>> = network.features_from(&blocks, 13).unwrap().to_vec2().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tail.safetensors");
@@ -226,6 +230,8 @@ fn cached_block_inputs_train_as_images_do() {
     let labels: Vec<u32> = (0..8).map(|i| i / 2).collect();
     let inputs: Vec<Vec<f32>> = images.iter().map(|image| to_input(image, INPUT)).collect();
     let cached = network.block_inputs(&inputs, 15).expect("block inputs");
+    assert_eq!(cached.dims(), [8, 7, 7, 192], "block 15's input at 224 px");
+    assert_eq!(network.block_len(15).expect("length"), 7 * 7 * 192, "the architecture says the same");
     let params = TrainParams {
         epochs: 4,
         batch_classes: 4,

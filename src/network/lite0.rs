@@ -64,19 +64,39 @@ const STAGES: [Stage; 7] = [
 /// Stride and residual of block `block` (0 to [`BLOCKS`] − 1): what a saved tail's weights do
 /// not say. `None` past the last block.
 pub fn block_layout(block: usize) -> Option<(usize, bool)> {
-    let mut channels = STEM_CHANNELS;
-    let mut index = 0;
-    for stage in &STAGES {
-        for repeat in 0..stage.repeats {
-            let stride = if repeat == 0 { stage.stride } else { 1 };
-            if index == block {
-                return Some((stride, stride == 1 && channels == stage.out_channels));
-            }
-            channels = stage.out_channels;
-            index += 1;
-        }
+    layout().nth(block).map(|b| (b.stride, b.stride == 1 && b.in_channels == b.out_channels))
+}
+
+/// Side and channels of the activations entering block `block` (0 to [`BLOCKS`]; [`BLOCKS`] is
+/// the head convolution's input) for a square input of `input_size` pixels: every stride-2 step
+/// ("same" padding) rounds the side up. `None` past the head convolution.
+pub fn block_input_dims(input_size: usize, block: usize) -> Option<(usize, usize)> {
+    if block > BLOCKS {
+        return None;
     }
-    None
+    let stem = (input_size.div_ceil(2), STEM_CHANNELS);
+    Some(layout().take(block).fold(stem, |(side, _), b| (side.div_ceil(b.stride), b.out_channels)))
+}
+
+/// One block of the layout, as [`layout`] walks it.
+struct BlockLayout {
+    stride: usize,
+    in_channels: usize,
+    out_channels: usize,
+}
+
+/// The 16 blocks of [`STAGES`] in order.
+fn layout() -> impl Iterator<Item = BlockLayout> {
+    let mut in_channels = STEM_CHANNELS;
+    STAGES.iter().flat_map(|stage| (0..stage.repeats).map(move |repeat| (stage, repeat))).map(move |(stage, repeat)| {
+        let block = BlockLayout {
+            stride: if repeat == 0 { stage.stride } else { 1 },
+            in_channels,
+            out_channels: stage.out_channels,
+        };
+        in_channels = stage.out_channels;
+        block
+    })
 }
 
 /// How a folded convolution is computed.

@@ -117,14 +117,11 @@ impl EmbeddingModel {
     }
 
     /// Values in the activations entering block `block` for one image at `input_size()`
-    /// (H×W×C).
+    /// (H×W×C, from the architecture: nothing runs).
     pub fn block_len(&self, block: usize) -> Result<usize> {
-        let x = candle_core::Tensor::zeros(
-            (1, 3, self.input_size as usize, self.input_size as usize),
-            candle_core::DType::F32,
-            &self.device,
-        )?;
-        Ok(self.backbone.block_input(&x, block)?.elem_count())
+        let (side, channels) = lite0::block_input_dims(self.input_size as usize, block)
+            .ok_or_else(|| anyhow::anyhow!("Lite0 has {} blocks, not {block}", lite0::BLOCKS))?;
+        Ok(side * side * channels)
     }
 }
 
@@ -144,7 +141,7 @@ impl Embedded {
     }
 }
 
-fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
+pub(crate) fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > MIN_NORM {
         v.iter_mut().for_each(|x| *x /= norm);

@@ -24,8 +24,6 @@ use super::lite0::{self, BLOCKS, Block, BlockWeights, FoldedConv, FoldedWeights,
 const PREFIX: &str = "tail";
 /// Name of the head convolution's weights under [`PREFIX`].
 const CONV_HEAD: &str = "conv_head";
-/// Below this norm a pooled feature is left unscaled (as the embedder does).
-const MIN_NORM: f32 = 1e-12;
 
 /// The last blocks and head convolution of a (trained) Lite0, ready to run.
 pub struct Tail {
@@ -72,16 +70,8 @@ impl Tail {
             y.reshape((n, h * w, c))?.mean(1)
         })?;
         let rows: Vec<Vec<f32>> = pooled.to_vec2()?;
-        Ok(rows.into_iter().map(normalised).collect())
+        Ok(rows.into_iter().map(super::l2_normalised).collect())
     }
-}
-
-fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > MIN_NORM {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
 }
 
 /// Writes `weights` as safetensors (see the module docs for the keys).
