@@ -83,7 +83,8 @@ fn train(
             .map_err(failure)?;
         return Ok(Trained { head, tail: None });
     };
-    // The blocks train on the CPU: the depthwise convolution's backward pass is a CPU kernel.
+    // The blocks train on the CPU, where the block inputs are cached: a GPU would take the
+    // depthwise convolution's tap-sum path, which no job has run yet.
     let network = run.state.embedder.network();
     let weights = network.tail_weights(first_block)?;
     let tail = BackboneTail::new(&weights, params.embedding_dim, params.head_init_seed())?;
