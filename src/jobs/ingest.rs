@@ -230,7 +230,7 @@ impl Run<'_> {
         // in their cache so that it need not run the frozen blocks again.
         let serving = self.dataset.generation.load().model.boundary();
         let boundary = serving.or(self.state.settings.finetune.first_trainable_block());
-        let embedded = self.state.embedder.embed_many_at_blocking(inputs.clone(), boundary)?;
+        let embedded = self.state.embedder.embed_many_at_blocking(inputs, boundary)?;
         self.stages.embed += embedding.elapsed();
         let syncing = Instant::now();
         blobs.sync_keys(rows.iter().map(|r| r.blob.as_str()))?;
@@ -256,11 +256,8 @@ impl Run<'_> {
         let model_inputs = match generation.model.boundary() {
             None => features,
             now if now == boundary => blocks,
-            // Another job swapped in a model reading another block since the embedding.
-            now => {
-                let again = self.state.embedder.embed_many_at_blocking(inputs, now)?;
-                seqs.iter().copied().zip(again.into_iter().map(|e| e.into_model_input())).collect()
-            }
+            // Only a job swaps generations, and jobs run one at a time: not while this one runs.
+            now => anyhow::bail!("the serving model began reading block {now:?} during the ingest, not {boundary:?}"),
         };
         generation.append(&model_inputs)?;
         let mut catalog = self.dataset.catalog.write().unwrap_or_else(|e| e.into_inner());
