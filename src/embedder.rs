@@ -258,22 +258,16 @@ fn run(model: &EmbeddingModel, rx: mpsc::Receiver<Request>, settings: EmbedderSe
         if batch.is_empty() {
             continue;
         }
-        // Requests asking for different block activations (queries of generations that train
-        // different tails, during a swap) go through the model in separate passes.
-        batch.sort_by_key(|request| request.boundary);
-        let mut rest = batch;
-        while !rest.is_empty() {
-            let boundary = rest[0].boundary;
-            let split = rest.iter().position(|r| r.boundary != boundary).unwrap_or(rest.len());
-            let later = rest.split_off(split);
-            let mut group = rest;
-            rest = later;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        // Requests asking for different block activations (queries of generations that read
+        // different blocks, during a swap) go through the model in separate passes.
+        while let Some(boundary) = batch.first().map(|request| request.boundary) {
+            let mut group: Vec<Request> = batch.extract_if(.., |r| r.boundary == boundary).collect();
             let started = Instant::now();
             let sizes: Vec<usize> = group.iter().map(|r| r.inputs.len()).collect();
             let inputs: Vec<Vec<f32>> = group.iter_mut().flat_map(|r| std::mem::take(&mut r.inputs)).collect();
             let result = embed_chunked(model, &inputs, boundary, per_pass);
             let forward = started.elapsed();
-            stats.batches.fetch_add(1, Ordering::Relaxed);
             stats.passes.fetch_add(inputs.len().div_ceil(per_pass) as u64, Ordering::Relaxed);
             stats.images.fetch_add(inputs.len() as u64, Ordering::Relaxed);
             stats.forward_micros.fetch_add(forward.as_micros() as u64, Ordering::Relaxed);
