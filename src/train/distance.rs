@@ -41,6 +41,11 @@ pub fn pairwise_distances(embeddings: &Tensor) -> Result<Tensor> {
     squared.maximum(MIN_SQUARED_DISTANCE)?.sqrt()
 }
 
+/// `rows` (N×D) each divided by its Euclidean length (a zero row stays zero).
+pub fn unit_rows(rows: &Tensor) -> Result<Tensor> {
+    rows.broadcast_div(&rows.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?)
+}
+
 /// Reads an N×N distance matrix back as row-major `f32` values, detached from the graph.
 pub fn distances_to_vec(distances: &Tensor) -> Result<Vec<f32>> {
     distances.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Mining, OfflineMiningParams, TrainParams};
+use super::{LrSchedule, Mining, OfflineMiningParams, TrainParams};
 use crate::network::lite0::BLOCKS;
 
 /// A label takes part in fine-tuning with at least this many items: one held out to evaluate
@@ -92,6 +92,15 @@ pub struct FinetuneParams {
     /// √(1−α)·trained embedding]` (`generation::PretrainedShare`); 0 serves the trained embedding
     /// alone.
     pub pretrained_share: f64,
+    /// How the learning rates move over the run: `constant`, or `cosine` from the configured
+    /// rates down to 0 at the last step. A job stored before this param existed ran constant.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Weight of the geometry term: the batch's distances are held near the same items'
+    /// pretrained-feature distances (`train::geometry_loss`), so labels separate without each shrinking
+    /// to a point. 0 (also for a job stored before this param existed) trains on triplets alone.
+    #[serde(default)]
+    pub geometry_weight: f64,
 }
 
 /// `trainable_blocks`: a count, or `"all"`.
@@ -132,7 +141,8 @@ impl FinetuneParams {
     }
 
     fn check(&self) -> Result<(), String> {
-        let rules: [(&str, bool, &str); 17] = [
+        let rules: [(&str, bool, &str); 18] = [
+            ("geometry_weight", (0.0..=100.0).contains(&self.geometry_weight), "0 to 100"),
             ("pretrained_share", (0.0..1.0).contains(&self.pretrained_share), "0 to below 1"),
             ("trainable_blocks", self.trainable_blocks <= BLOCKS, "0 to 16, or \"all\""),
             (
@@ -192,6 +202,8 @@ impl FinetuneParams {
             input_dim,
             embedding_dim: self.embedding_dim,
             seed: self.seed,
+            lr_schedule: self.lr_schedule,
+            geometry_weight: self.geometry_weight as f32,
         }
     }
 

@@ -37,7 +37,7 @@ use candle_nn::{Optimizer, ParamsAdamW, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::adamw::FusedAdamW;
-use super::distance::{distances_to_vec, pairwise_distances};
+use super::distance::{distances_to_vec, pairwise_distances, unit_rows};
 use super::head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
 use super::losses::triplet_loss;
 use super::miners::{Mining, MiningError, mine};
@@ -89,6 +89,12 @@ pub struct TrainParams {
     pub embedding_dim: usize,
     /// Seeds the head's initialisation, the batches and random mining. Default 0.
     pub seed: u64,
+    /// How every learning rate moves over the run. Default constant.
+    pub lr_schedule: LrSchedule,
+    /// Weight of the geometry term ([`geometry_loss`]) added to the triplet loss: how strongly
+    /// the batch's distances stay near its reference embeddings'
+    /// ([`BatchInputs::reference`]). Default 0 (the triplet loss alone).
+    pub geometry_weight: f32,
 }
 
 impl Default for TrainParams {
@@ -107,6 +113,30 @@ impl Default for TrainParams {
             input_dim: BACKBONE_DIM,
             embedding_dim: DEFAULT_EMBEDDING_DIM,
             seed: 0,
+            lr_schedule: LrSchedule::Constant,
+            geometry_weight: 0.0,
+        }
+    }
+}
+
+/// The learning rate of step `t` of `T` as a share of the configured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The configured rate at every step.
+    #[default]
+    Constant,
+    /// Half a cosine from the configured rate at the first step to 0 after the last:
+    /// `½(1 + cos(π·t/T))`.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The factor of step `step` of a run of `total` steps.
+    pub fn factor(self, step: usize, total: usize) -> f64 {
+        match self {
+            Self::Constant => 1.0,
+            Self::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
         }
     }
 }
@@ -200,7 +230,14 @@ pub fn train_head(
     let varmap = VarMap::new();
     let head = EmbeddingHead::seeded(&varmap, params.input_dim, params.embedding_dim, params.head_init_seed(), device)?;
     let groups = vec![(varmap.all_vars(), params.learning_rate)];
-    let losses = train_model(&head, groups, &all_features, labels, injected, params, observer)?;
+    let losses = if params.geometry_weight > 0.0 {
+        // The head's own inputs are the pretrained features whose geometry the term keeps.
+        let reference = unit_rows(&all_features)?;
+        let inputs = WithReference { inputs: &all_features, reference: &reference };
+        train_model(&head, groups, &inputs, labels, injected, params, observer)?
+    } else {
+        train_model(&head, groups, &all_features, labels, injected, params, observer)?
+    };
     let final_loss = losses.last().copied().unwrap_or(0.0);
     Ok(TrainedHead { head, steps: losses.len(), final_loss, losses })
 }
@@ -213,6 +250,44 @@ pub trait BatchInputs {
     /// The inputs of `items` (training-item indices) for optimiser step `step`, stacked along the
     /// first dimension. `step` lets a source that augments draw the same changes on a rerun.
     fn batch(&self, step: usize, items: &[usize]) -> candle_core::Result<Tensor>;
+    /// The reference embeddings of `items` (the pretrained model's) whose pairwise distances the
+    /// geometry term keeps, when the source has them.
+    fn reference(&self, _items: &[usize]) -> candle_core::Result<Option<Tensor>> {
+        Ok(None)
+    }
+}
+
+/// Inputs from `inputs`, with `reference` (one row per item) as the items' reference embeddings.
+pub struct WithReference<'a> {
+    pub inputs: &'a dyn BatchInputs,
+    pub reference: &'a Tensor,
+}
+
+impl BatchInputs for WithReference<'_> {
+    fn items(&self) -> candle_core::Result<usize> {
+        self.inputs.items()
+    }
+
+    fn batch(&self, step: usize, items: &[usize]) -> candle_core::Result<Tensor> {
+        self.inputs.batch(step, items)
+    }
+
+    fn reference(&self, items: &[usize]) -> candle_core::Result<Option<Tensor>> {
+        self.reference.batch(0, items).map(Some)
+    }
+}
+
+/// The geometry term: the mean Huber distance (δ = 1) between the batch's pairwise distances
+/// and its reference embeddings' (both on the unit sphere, so on one scale): the distance-wise
+/// loss of relational knowledge distillation (Park et al. 2019), without its division by the
+/// batch mean (with it, nothing holds the scale and a run of 3 blocks collapsed). The triplet
+/// loss separates labels; this term pulls every distance back toward the pretrained one, so
+/// no label is squeezed to a point, which loses the near neighbours of an item the model places
+/// in the wrong label.
+pub fn geometry_loss(distances: &Tensor, reference: &Tensor) -> candle_core::Result<Tensor> {
+    let gap = distances.sub(&reference.detach())?.abs()?;
+    let quadratic = gap.minimum(1.0)?;
+    quadratic.mul(&gap.sub(&quadratic.affine(0.5, 0.0)?)?)?.mean_all()
 }
 
 /// Cached inputs: row `i` of the tensor is item `i`'s.
@@ -253,9 +328,12 @@ pub(super) fn train_model<M: Module>(
         .into_iter()
         .filter(|(vars, _)| !vars.is_empty())
         .map(|(vars, lr)| {
-            FusedAdamW::new(vars, ParamsAdamW { lr, weight_decay: params.weight_decay, ..ParamsAdamW::default() })
+            let optimizer =
+                FusedAdamW::new(vars, ParamsAdamW { lr, weight_decay: params.weight_decay, ..ParamsAdamW::default() });
+            optimizer.map(|optimizer| (optimizer, lr))
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
+    let total_steps = params.epochs * sampler.batches_per_epoch();
     let mining = params.effective_mining();
     let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
     let mut guard = CollapseGuard::new(params);
@@ -268,13 +346,22 @@ pub(super) fn train_model<M: Module>(
             let distances = pairwise_distances(&model.forward(&rows)?)?;
             let plain = distances_to_vec(&distances)?;
             let triplets = mine(mining, &plain, &batch.labels, params.margin, mining_seeds.next_u64())?;
-            let loss = triplet_loss(&distances, &triplets, params.margin, params.soft_margin, mining.reduction())?;
+            let mut loss = triplet_loss(&distances, &triplets, params.margin, params.soft_margin, mining.reduction())?;
+            if params.geometry_weight > 0.0 {
+                let Some(reference) = inputs.reference(&batch.items)? else {
+                    return Err(invalid("geometry_weight needs the items' reference embeddings"));
+                };
+                let geometry = geometry_loss(&distances, &pairwise_distances(&reference)?)?;
+                loss = loss.add(&geometry.affine(f64::from(params.geometry_weight), 0.0)?)?;
+            }
             let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step, loss: value });
             }
             let grads = loss.backward()?;
-            for optimizer in &mut optimizers {
+            let factor = params.lr_schedule.factor(step, total_steps);
+            for (optimizer, lr) in &mut optimizers {
+                optimizer.set_learning_rate(*lr * factor);
                 optimizer.step(&grads)?;
             }
             losses.push(value);

@@ -206,3 +206,56 @@ fn recall_at_1_counts_nearest_neighbours_with_the_same_label() {
     assert!((recall_at_1(&vectors, 2, &labels) - 0.8).abs() < 1e-6);
     assert_eq!(recall_at_1(&vectors[..4], 2, &[0, 1]), 0.0, "no item has a same-label neighbour");
 }
+
+#[test]
+fn the_cosine_schedule_falls_from_the_rate_to_zero() {
+    assert_eq!(LrSchedule::Constant.factor(7, 10), 1.0);
+    assert_eq!(LrSchedule::Cosine.factor(0, 10), 1.0);
+    assert!((LrSchedule::Cosine.factor(5, 10) - 0.5).abs() < 1e-12);
+    assert!(LrSchedule::Cosine.factor(10, 10).abs() < 1e-12);
+    let factors: Vec<f64> = (0..=10).map(|t| LrSchedule::Cosine.factor(t, 10)).collect();
+    assert!(factors.windows(2).all(|w| w[1] < w[0]), "{factors:?}");
+}
+
+fn square(values: &[f32]) -> Tensor {
+    let n = (values.len() as f64).sqrt() as usize;
+    Tensor::from_vec(values.to_vec(), (n, n), &Device::Cpu).expect("square")
+}
+
+#[test]
+fn the_geometry_term_is_the_mean_huber_gap_to_the_reference_distances() -> candle_core::Result<()> {
+    let reference = square(&[0.0, 0.4, 0.9, 0.4, 0.0, 1.2, 0.9, 1.2, 0.0]);
+    let value = |distances: &Tensor| geometry_loss(distances, &reference)?.to_scalar::<f32>();
+    assert_eq!(value(&reference)?, 0.0);
+    // Gaps 0.2 (quadratic) and 1.5 (linear past δ = 1), each twice in the matrix.
+    let moved = square(&[0.0, 0.6, 0.9, 0.6, 0.0, 2.7, 0.9, 2.7, 0.0]);
+    let expected = (2.0 * 0.5 * 0.2f32 * 0.2 + 2.0 * (1.5 - 0.5)) / 9.0;
+    assert!((value(&moved)? - expected).abs() < 1e-6, "{} against {expected}", value(&moved)?);
+    Ok(())
+}
+
+/// Mean same-label over mean other-label distance of `rows` (`dim` wide, unit length).
+fn spread(rows: &[f32], dim: usize, labels: &[u32]) -> f32 {
+    let (mut same, mut other) = ((0.0f32, 0usize), (0.0f32, 0usize));
+    for (i, a) in rows.chunks_exact(dim).enumerate() {
+        for (j, b) in rows.chunks_exact(dim).enumerate().skip(i + 1) {
+            let d = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+            let slot = if labels[i] == labels[j] { &mut same } else { &mut other };
+            *slot = (slot.0 + d, slot.1 + 1);
+        }
+    }
+    (same.0 / same.1 as f32) / (other.0 / other.1 as f32)
+}
+
+#[test]
+fn the_geometry_term_keeps_labels_from_shrinking_to_points() -> Result<(), TrainError> {
+    let (features, labels) = dataset(8, 0, 11);
+    let embed = |weight: f32| -> Result<f32, TrainError> {
+        let params = TrainParams { epochs: 30, geometry_weight: weight, ..params() };
+        let trained = train_head(&features, &labels, None, &params, &Device::Cpu, &mut keep_going)?;
+        Ok(spread(&trained.head.embed_rows(&features, &Device::Cpu)?, params.embedding_dim, &labels))
+    };
+    let (alone, kept) = (embed(0.0)?, embed(5.0)?);
+    assert!(kept > alone * 1.5, "same/other distance ratio: {kept} with the term, {alone} without");
+    Ok(())
+}

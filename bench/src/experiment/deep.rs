@@ -38,8 +38,8 @@ use lookalike::network::lite0::{BLOCKS, Lite0};
 use lookalike::network::preprocess::{batch_tensor, prepare};
 use lookalike::train::retrieval::{self, Metrics};
 use lookalike::train::{
-    BackboneTail, EmbeddingHead, OfflineMiningParams, PkSampler, PkShape, TrainError, TrainParams, mine_offline,
-    train_head, train_tail,
+    BackboneTail, EmbeddingHead, OfflineMiningParams, PkSampler, PkShape, TrainError, TrainParams, WithReference,
+    mine_offline, train_head, train_tail,
 };
 
 /// The block whose inputs are cached: runs may train up to `BLOCKS − CACHE_BLOCK` = 5 blocks.
@@ -202,7 +202,9 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
         if config.checkpoints.contains(&0) {
             recorder.checkpoints.push(Checkpoint::at_start(evaluate(&tail)?));
         }
-        train_tail(&tail, &catalogue_inputs, &catalogue_labels, Some(&injected), &params, &mut |report, tail| {
+        let reference = Tensor::from_slice(&pretrained_catalogue, (catalogue_labels.len(), dim), &device)?;
+        let inputs = WithReference { inputs: &catalogue_inputs, reference: &reference };
+        train_tail(&tail, &inputs, &catalogue_labels, Some(&injected), &params, &mut |report, tail| {
             recorder.observe(report, || evaluate(tail))
         })
         .map(|losses| losses.len())

@@ -84,6 +84,13 @@ pub struct FinetuneParams {
     /// √(1−α)·trained embedding]`.
     #[schema(minimum = 0.0, exclusive_maximum = 1.0, default = 0.25)]
     pretrained_share: Option<f64>,
+    /// How the learning rates move over the run: `constant`, or `cosine` down to 0 at the last step.
+    #[schema(value_type = Option<String>, pattern = "^(constant|cosine)$", default = "cosine")]
+    lr_schedule: Option<String>,
+    /// Weight of the term that holds the batch's distances near the same items' pretrained-feature
+    /// distances (0: triplets alone).
+    #[schema(minimum = 0.0, maximum = 100.0, default = 0.0)]
+    geometry_weight: Option<f64>,
 }
 
 /// A reindex job's `params`: the model to serve the dataset with.

@@ -16,7 +16,9 @@ use crate::jobs::Reporter;
 use crate::network::preprocess::decode_image;
 use crate::train::images::ImageBatches;
 use crate::train::params::mining_name;
-use crate::train::{BackboneTail, StepReport, TrainError, TrainParams, TrainedHead, train_head, train_tail};
+use crate::train::{
+    BackboneTail, StepReport, TrainError, TrainParams, TrainedHead, WithReference, train_head, train_tail, unit_rows,
+};
 
 pub(super) fn run(
     run: &Run,
@@ -88,6 +90,8 @@ fn train(
     let network = run.state.embedder.network();
     let weights = network.tail_weights(first_block)?;
     let tail = BackboneTail::new(&weights, params.embedding_dim, params.head_init_seed())?;
+    // The pretrained features whose distances the geometry term keeps (unused at weight 0).
+    let reference = reference_features(mined, params)?;
     let losses = if run.params.augment {
         let state = run.state;
         let max_pixels = state.settings.limits.max_image_pixels;
@@ -98,15 +102,27 @@ fn train(
                 .map_err(|e| anyhow::anyhow!("stored image of {:?}: {e}", record.item.item_id))
         };
         let inputs = ImageBatches { images: &load, items, network, block: first_block, augment: Some(params.seed) };
+        let inputs = WithReference { inputs: &inputs, reference: &reference };
         train_tail(&tail, &inputs, &mined.train_labels, injected.as_ref(), params, &mut |s, _| observe(s))
     } else {
         let inputs = block_inputs(catalogue, &mined.split.train, weights.in_channels()?)?;
+        let inputs = WithReference { inputs: &inputs, reference: &reference };
         train_tail(&tail, &inputs, &mined.train_labels, injected.as_ref(), params, &mut |s, _| observe(s))
     }
     .map_err(failure)?;
     let final_loss = losses.last().copied().unwrap_or(0.0);
     let head = TrainedHead { head: tail.head().clone(), steps: losses.len(), final_loss, losses };
     Ok(Trained { head, tail: Some(tail.trained_weights()?) })
+}
+
+/// The training items' pretrained features at unit length, for the geometry term; an empty
+/// tensor when its weight is 0 (nothing reads it then).
+fn reference_features(mined: &Mined, params: &TrainParams) -> Result<Tensor, JobFailure> {
+    if params.geometry_weight == 0.0 {
+        return Ok(Tensor::zeros((0, params.input_dim), candle_core::DType::F32, &Device::Cpu)?);
+    }
+    let rows = Tensor::from_slice(&mined.train_features, (mined.train_labels.len(), params.input_dim), &Device::Cpu)?;
+    Ok(unit_rows(&rows)?)
 }
 
 /// The cached block inputs of the catalogue items `indices`, as one N×H×H×C tensor.
