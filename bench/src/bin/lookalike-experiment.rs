@@ -58,6 +58,10 @@ struct Cli {
     /// features at each checkpoint (logged), e.g. `--mix 0.25,0.5`.
     #[arg(long, value_delimiter = ',')]
     mix: Vec<f32>,
+    /// Deep runs: each step trains on each item's image or, half the time, its mirror image
+    /// (both cached), the augmentation that cached activations allow.
+    #[arg(long)]
+    mirror_views: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +117,7 @@ fn deep(cli: &Cli, base: ExperimentConfig, blocks: usize) -> anyhow::Result<()> 
         train: train_params(&base.train, &cli.train, cli.seed)?,
         offline: base.offline,
         mix: cli.mix.clone(),
+        mirror_views: cli.mirror_views,
     };
     let run = experiment::deep::run(&config)?;
     if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -32,14 +32,15 @@ use serde::Serialize;
 use super::features::{self, Features};
 use super::read_subset;
 use super::runs::{Checkpoint, Mode, Outcome, Recorder};
+use super::views::MirrorViews;
 use fashion_mnist::{self, Sample, Split};
 use lookalike::network::EmbeddingModel;
 use lookalike::network::lite0::{BLOCKS, Lite0};
 use lookalike::network::preprocess::{batch_tensor, prepare};
 use lookalike::train::retrieval::{self, Metrics};
 use lookalike::train::{
-    BackboneTail, EmbeddingHead, OfflineMiningParams, PkSampler, PkShape, TrainError, TrainParams, WithReference,
-    mine_offline, train_head, train_tail,
+    BackboneTail, BatchInputs, EmbeddingHead, OfflineMiningParams, PkSampler, PkShape, TrainError, TrainParams,
+    WithReference, mine_offline, train_head, train_tail,
 };
 
 /// The block whose inputs are cached: runs may train up to `BLOCKS − CACHE_BLOCK` = 5 blocks.
@@ -74,6 +75,8 @@ pub struct DeepConfig {
     /// item as `[√α·pretrained feature ; √(1−α)·trained embedding]`, so squared distances mix
     /// as α·pretrained + (1−α)·trained.
     pub mix: Vec<f32>,
+    /// Train on each item's image or its mirror image, drawn per step ([`super::views`]).
+    pub mirror_views: bool,
 }
 
 /// What one run measured (one JSON file).
@@ -127,13 +130,20 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
     let query_labels: Vec<u32> = query_samples.iter().map(|s| u32::from(s.label)).collect();
 
     let backbone_started = Instant::now();
-    let (catalogue_cache, hit_c) = cached_block_inputs(config, &model, &lite0, Split::Train, &catalogue_samples)?;
-    let (query_cache, hit_q) = cached_block_inputs(config, &model, &lite0, Split::Test, &query_samples)?;
+    let (catalogue_cache, hit_c) =
+        cached_block_inputs(config, &model, &lite0, Split::Train, &catalogue_samples, false)?;
+    let (query_cache, hit_q) = cached_block_inputs(config, &model, &lite0, Split::Test, &query_samples, false)?;
     let backbone_seconds = if hit_c && hit_q { 0.0 } else { backbone_started.elapsed().as_secs_f64() };
 
     let prepare_started = Instant::now();
     let first_block = BLOCKS - config.blocks;
     let catalogue_inputs = continue_to(&lite0, &catalogue_cache, first_block)?;
+    let mirrored_inputs = if config.mirror_views {
+        let (cache, _) = cached_block_inputs(config, &model, &lite0, Split::Train, &catalogue_samples, true)?;
+        Some(continue_to(&lite0, &cache, first_block)?)
+    } else {
+        None
+    };
     let query_inputs = continue_to(&lite0, &query_cache, first_block)?;
     let pretrained_catalogue = pretrained_features(&lite0, &catalogue_cache)?;
     let pretrained_queries = pretrained_features(&lite0, &query_cache)?;
@@ -203,7 +213,19 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
             recorder.checkpoints.push(Checkpoint::at_start(evaluate(&tail)?));
         }
         let reference = Tensor::from_slice(&pretrained_catalogue, (catalogue_labels.len(), dim), &device)?;
-        let inputs = WithReference { inputs: &catalogue_inputs, reference: &reference };
+        let views = match &mirrored_inputs {
+            Some(mirrored) => Some(MirrorViews {
+                rows: Tensor::cat(&[&catalogue_inputs, mirrored], 0)?,
+                items: catalogue_labels.len(),
+                seed: params.seed,
+            }),
+            None => None,
+        };
+        let training: &dyn BatchInputs = match &views {
+            Some(views) => views,
+            None => &catalogue_inputs,
+        };
+        let inputs = WithReference { inputs: training, reference: &reference };
         train_tail(&tail, &inputs, &catalogue_labels, Some(&injected), &params, &mut |report, tail| {
             recorder.observe(report, || evaluate(tail))
         })
@@ -258,22 +280,25 @@ impl EvalData<'_> {
 }
 
 /// The activations entering [`CACHE_BLOCK`] for `samples`, N×H×W×C: from the cache file when
-/// present, else computed (PNG, the server's decoding, the frozen backbone) and cached. The `bool`
-/// says whether the cache answered.
+/// present, else computed (PNG, the server's decoding, the frozen backbone) and cached; of the
+/// mirror images (flipped left to right) when `mirrored`. The `bool` says whether the cache
+/// answered.
 fn cached_block_inputs(
     config: &DeepConfig,
     model: &EmbeddingModel,
     lite0: &Lite0,
     split: Split,
     samples: &[Sample],
+    mirrored: bool,
 ) -> anyhow::Result<(Tensor, bool)> {
     let side = (config.input_size as usize).div_ceil(16);
     let name = format!(
-        "{}-{}px-{}-block{CACHE_BLOCK}-{}.f32",
+        "{}-{}px-{}-block{CACHE_BLOCK}-{}{}.f32",
         model.id(),
         config.input_size,
         split.file_prefix(),
-        samples.len()
+        samples.len(),
+        if mirrored { "-mirrored" } else { "" }
     );
     let path = config.cache_dir.join(name);
     let (cached, hit) = if path.is_file() {
@@ -287,7 +312,11 @@ fn cached_block_inputs(
                     .par_iter()
                     .map(|s| Ok(prepare(&fashion_mnist::png_bytes(s), MAX_PIXELS, config.input_size)?.input))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let x = batch_tensor(&inputs, config.input_size, &Device::Cpu)?;
+                let mut x = batch_tensor(&inputs, config.input_size, &Device::Cpu)?;
+                if mirrored {
+                    let columns: Vec<u32> = (0..config.input_size).rev().collect();
+                    x = x.index_select(&Tensor::new(columns, &Device::Cpu)?, 3)?;
+                }
                 Ok(lite0.block_input(&x, CACHE_BLOCK)?.flatten_all()?.to_vec1::<f32>()?)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -24,6 +24,7 @@ pub mod features;
 pub mod figures;
 pub mod report;
 pub mod runs;
+pub mod views;
 
 use std::path::PathBuf;
 use std::time::Instant;
