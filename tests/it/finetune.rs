@@ -20,6 +20,8 @@ use super::support::{self, Client};
 
 /// The bar: held-out MAP@R at least 30% above the pretrained model's.
 const MIN_RELATIVE_MAP_GAIN: f64 = 0.30;
+/// `finetune.recall_tolerance` of config/default.toml.
+const RECALL_TOLERANCE: f64 = 0.005;
 
 async fn post_json(client: &Client, path: &str, body: Value) -> (u16, Value) {
     let response = client.http.post(client.url(path)).json(&body).send().await.expect("POST");
@@ -184,11 +186,15 @@ async fn a_head_only_finetune_raises_map_at_r_is_refused_for_its_recall_then_pro
 }
 
 /// The default job trains the last three blocks with the head and blends the pretrained
-/// geometry in. On the full Fashion-MNIST that holds Recall@5 (docs/EXPERIMENTS.md); on these
-/// 1,000 items (140 steps) it still lowers it, 0.94 → 0.87 on the 100 held-out queries, and
-/// `if_better` refuses it: the rule is what keeps a small catalogue's first results.
+/// geometry in, and `if_better` decides by the held-out figures it reports. On the full
+/// Fashion-MNIST the default holds Recall@5 (docs/EXPERIMENTS.md); on these 1,000 items (140
+/// steps) it lowers it by one or two of the 100 held-out queries, at the edge of the noise
+/// margin (0.94 → 0.92 promoted with the cosine rate, 0.94 → 0.87 refused with the constant
+/// one), so the test checks that the decision and the served model follow the rule applied to
+/// the reported figures, not which side of the margin they fall (the rule's own unit tests
+/// build both sides).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_finetune_trains_three_blocks_and_if_better_still_guards_recall() {
+async fn the_default_finetune_trains_three_blocks_and_if_better_decides_by_the_held_out_figures() {
     let data = tempfile::tempdir().expect("tempdir");
     let subset = support::fashion_subset(100, 20);
     let (server, client) = support::start(support::settings(data.path())).await;
@@ -217,8 +223,28 @@ async fn the_default_finetune_trains_three_blocks_and_if_better_still_guards_rec
     let gain = metric("after", "map_at_r") / metric("before", "map_at_r") - 1.0;
     assert!(gain >= MIN_RELATIVE_MAP_GAIN, "{result}");
     assert!(metric("after", "recall_at_1") > metric("before", "recall_at_1"), "{result}");
-    assert_eq!((&result["promoted"], &result["rule"]), (&json!(false), &json!("recall5_fell")), "{result}");
-    assert_eq!(search(&client, "fashion", &subset.queries[0].1).await.0, pretrained, "the pretrained model serves");
+    // The rule by hand: a recall may fall by its noise margin, the larger of the default
+    // `recall_tolerance` and the active model's standard error over the held-out queries.
+    let queries = result["eval"]["queries"].as_f64().expect("queries");
+    let margin = |p: f64| (p * (1.0 - p) / queries).sqrt().max(RECALL_TOLERANCE);
+    let fell = |name: &str| metric("after", name) < metric("before", name) - margin(metric("before", name));
+    let rule = if fell("recall_at_1") {
+        "recall1_fell"
+    } else if fell("recall_at_5") {
+        "recall5_fell"
+    } else {
+        "better"
+    };
+    assert_eq!((&result["promoted"], &result["rule"]), (&json!(rule == "better"), &json!(rule)), "{result}");
+    let (_, models) = client.get("/datasets/fashion/models").await;
+    let active: Vec<&Value> = models["models"].as_array().unwrap().iter().filter(|m| m["active"] == true).collect();
+    assert_eq!(active.len(), 1, "{models}");
+    if rule == "better" {
+        assert_eq!(active[0]["id"], result["model"], "the new model serves: {models}");
+    } else {
+        assert_eq!(active[0]["id"], result["parent"], "the pretrained model serves on: {models}");
+        assert_eq!(search(&client, "fashion", &subset.queries[0].1).await.0, pretrained, "same answers as before");
+    }
     server.stop().await.expect("stop");
 }
 
