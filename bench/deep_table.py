@@ -5,6 +5,16 @@ import sys
 from pathlib import Path
 
 
+def variant(config):
+    """What a run changed beyond blocks, mode and seed: the rate schedule, mirror views."""
+    notes = []
+    if config["train"].get("lr_schedule", "constant") != "constant":
+        notes.append(f"{config['train']['lr_schedule']} rate")
+    if config.get("mirror_views"):
+        notes.append("mirror views")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def main():
     runs = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("*.json"))]
     if not runs:
@@ -22,6 +32,7 @@ def main():
         c = r["config"]
         m = r["checkpoints"][-1]["metrics"] if r["checkpoints"] else None
         what = "head only" if c["blocks"] == 0 else f"last {c['blocks']} block{'s' if c['blocks'] > 1 else ''} + head"
+        what += variant(c)
         outcome = "" if r["outcome"] == "completed" else f" ({r['outcome']})"
         figures = (f"{m['map_at_r']:.4f} | {m['recall_at_1']:.4f} | {m['recall_at_5']:.4f} | {m['recall_at_10']:.4f}"
                    if m else "– | – | – | –")
@@ -37,7 +48,7 @@ def main():
         cells = [f"{k['step']:,}: {k['metrics']['map_at_r']:.3f} / {k['metrics']['recall_at_1']:.3f} / "
                  f"{k['metrics']['recall_at_5']:.3f}" for k in r["checkpoints"]]
         cells += ["–"] * (width - len(cells))
-        print(f"| {c['blocks']} | {c['mode']} | {c['train']['seed']} | " + " | ".join(cells) + " |")
+        print(f"| {c['blocks']}{variant(c)} | {c['mode']} | {c['train']['seed']} | " + " | ".join(cells) + " |")
 
     blended = [r for r in runs if r.get("blended")]
     if blended:
@@ -48,7 +59,7 @@ def main():
             c = r["config"]
             for b in r["blended"]:
                 m = b["metrics"]
-                print(f"| {c['blocks']} | {c['mode']} | {c['train']['seed']} | {b['step']:,} | {b['share']:.2f} | "
+                print(f"| {c['blocks']}{variant(c)} | {c['mode']} | {c['train']['seed']} | {b['step']:,} | {b['share']:.2f} | "
                       f"{m['map_at_r']:.4f} | {m['recall_at_1']:.4f} | {m['recall_at_5']:.4f} | {m['recall_at_10']:.4f} |")
 
 
