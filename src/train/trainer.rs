@@ -333,7 +333,9 @@ pub(super) fn train_model<M: Module>(
             optimizer.map(|optimizer| (optimizer, lr))
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let total_steps = params.epochs * sampler.batches_per_epoch();
+    // A caller that stops by its own budget passes `usize::MAX` epochs: the schedule then stays
+    // at its first rate.
+    let total_steps = params.epochs.saturating_mul(sampler.batches_per_epoch());
     let mining = params.effective_mining();
     let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
     let mut guard = CollapseGuard::new(params);

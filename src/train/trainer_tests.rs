@@ -143,6 +143,20 @@ fn the_observer_cancels_training() {
     assert_eq!(seen, 3);
 }
 
+/// A caller that stops by its own step budget (bench/src/bin/train_bench.rs) passes
+/// `usize::MAX` epochs, on either schedule.
+#[test]
+fn unbounded_epochs_run_until_the_observer_stops_them() {
+    let (features, labels) = dataset(8, 0, 6);
+    for lr_schedule in [LrSchedule::Constant, LrSchedule::Cosine] {
+        let params = TrainParams { epochs: usize::MAX, lr_schedule, ..params() };
+        let result = train_head(&features, &labels, None, &params, &Device::Cpu, &mut |report, _| {
+            if report.step == 4 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        });
+        assert!(matches!(result, Err(TrainError::Canceled { steps: 5 })), "{lr_schedule:?}: {result:?}");
+    }
+}
+
 #[test]
 fn the_observer_sees_the_head_as_each_step_left_it() -> Result<(), TrainError> {
     let (features, labels) = dataset(8, 0, 8);
