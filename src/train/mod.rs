@@ -51,7 +51,7 @@ mod tests;
 /// The crate's seeded generator under its former name, for callers outside `train`.
 pub use crate::rng::SeededRng as TrainRng;
 pub use adamw::FusedAdamW;
-pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances, unit_rows};
+pub use distance::{MIN_SQUARED_DISTANCE, distances_to_vec, pairwise_distances};
 pub use head::{BACKBONE_DIM, DEFAULT_EMBEDDING_DIM, EmbeddingHead};
 pub use losses::{Reduction, loss_value, triplet_loss};
 pub use miners::{Mining, MiningError, Triplet, batch_all, batch_hard, mine, random_triplets, semi_hard};

@@ -212,7 +212,13 @@ pub fn run(config: &DeepConfig) -> anyhow::Result<DeepRun> {
         if config.checkpoints.contains(&0) {
             recorder.checkpoints.push(Checkpoint::at_start(evaluate(&tail)?));
         }
-        let reference = Tensor::from_slice(&pretrained_catalogue, (catalogue_labels.len(), dim), &device)?;
+        // The geometry term's reference (the pretrained features, unit length); a copy of 60,000
+        // rows is made only when the term is on.
+        let reference = if params.geometry_weight > 0.0 {
+            Tensor::from_slice(&pretrained_catalogue, (catalogue_labels.len(), dim), &device)?
+        } else {
+            Tensor::zeros((0, dim), candle_core::DType::F32, &device)?
+        };
         let views = match &mirrored_inputs {
             Some(mirrored) => Some(MirrorViews {
                 rows: Tensor::cat(&[&catalogue_inputs, mirrored], 0)?,

@@ -17,7 +17,7 @@ use crate::network::preprocess::decode_image;
 use crate::train::images::ImageBatches;
 use crate::train::params::mining_name;
 use crate::train::{
-    BackboneTail, StepReport, TrainError, TrainParams, TrainedHead, WithReference, train_head, train_tail, unit_rows,
+    BackboneTail, StepReport, TrainError, TrainParams, TrainedHead, WithReference, train_head, train_tail,
 };
 
 pub(super) fn run(
@@ -115,14 +115,13 @@ fn train(
     Ok(Trained { head, tail: Some(tail.trained_weights()?) })
 }
 
-/// The training items' pretrained features at unit length, for the geometry term; an empty
-/// tensor when its weight is 0 (nothing reads it then).
+/// The training items' pretrained features (unit length already: the embedder normalises every
+/// feature row), for the geometry term; an empty tensor when its weight is 0 (nothing reads it).
 fn reference_features(mined: &Mined, params: &TrainParams) -> Result<Tensor, JobFailure> {
     if params.geometry_weight == 0.0 {
         return Ok(Tensor::zeros((0, params.input_dim), candle_core::DType::F32, &Device::Cpu)?);
     }
-    let rows = Tensor::from_slice(&mined.train_features, (mined.train_labels.len(), params.input_dim), &Device::Cpu)?;
-    Ok(unit_rows(&rows)?)
+    Ok(Tensor::from_slice(&mined.train_features, (mined.train_labels.len(), params.input_dim), &Device::Cpu)?)
 }
 
 /// The cached block inputs of the catalogue items `indices`, as one N×H×H×C tensor.
