@@ -61,6 +61,7 @@ pub use offline::{
 pub use sampler::{PkBatch, PkSampler, PkShape, SamplerError};
 pub use tail::{BackboneTail, train_tail};
 pub use trainer::{
-    BatchInputs, COLLAPSE_DISTANCE_GAP, COLLAPSE_LOSS_TOLERANCE, COLLAPSE_WINDOW, LrSchedule, StepReport, TrainError,
-    TrainParams, TrainedHead, WithReference, geometry_loss, recall_at_1, train_head,
+    BatchInputs, COLLAPSE_DISTANCE_GAP, COLLAPSE_LOSS_TOLERANCE, COLLAPSE_WINDOW, LrSchedule, PLAN_PROBE_STEPS,
+    StepPlan, StepReport, TrainError, TrainParams, TrainedHead, WithReference, geometry_loss, planned_steps,
+    recall_at_1, train_head,
 };

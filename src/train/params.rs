@@ -28,6 +28,9 @@ pub fn check_trainable(label_sizes: impl IntoIterator<Item = usize>) -> Result<(
     ))
 }
 
+/// The largest `max_training_seconds`: a week.
+pub const MAX_TRAINING_SECONDS: f64 = 604_800.0;
+
 /// The triplet selection of a finetune job (API.md: `mining`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MiningMode {
@@ -101,6 +104,11 @@ pub struct FinetuneParams {
     /// to a point. 0 (also for a job stored before this param existed) trains on triplets alone.
     #[serde(default)]
     pub geometry_weight: f64,
+    /// Wall-clock seconds training may take (`train::StepPlan`): when the steps of `epochs` would
+    /// take longer at the pace of the first steps, fewer run and the schedule ends at the last of
+    /// them. `None` (null; also a job stored before this param existed): every step runs.
+    #[serde(default)]
+    pub max_training_seconds: Option<f64>,
 }
 
 /// `trainable_blocks`: a count, or `"all"`.
@@ -141,7 +149,12 @@ impl FinetuneParams {
     }
 
     fn check(&self) -> Result<(), String> {
-        let rules: [(&str, bool, &str); 18] = [
+        let rules: [(&str, bool, &str); 19] = [
+            (
+                "max_training_seconds",
+                self.max_training_seconds.is_none_or(|s| s > 0.0 && s <= MAX_TRAINING_SECONDS),
+                "above 0 and at most 604800 (a week), or null for no limit",
+            ),
             ("geometry_weight", (0.0..=100.0).contains(&self.geometry_weight), "0 to 100"),
             ("pretrained_share", (0.0..1.0).contains(&self.pretrained_share), "0 to below 1"),
             ("trainable_blocks", self.trainable_blocks <= BLOCKS, "0 to 16, or \"all\""),
@@ -204,6 +217,7 @@ impl FinetuneParams {
             seed: self.seed,
             lr_schedule: self.lr_schedule,
             geometry_weight: self.geometry_weight as f32,
+            max_seconds: self.max_training_seconds,
         }
     }
 

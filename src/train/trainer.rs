@@ -27,10 +27,13 @@
 //!
 //! Training runs on the CPU, single-threaded in its own logic, and every random choice (head
 //! initialisation, batches, random mining) comes from [`SeededRng`] streams of `seed`: the same
-//! features, labels, mined pairs and parameters give bit-identical losses and weights.
+//! features, labels, mined pairs and parameters give bit-identical losses and weights. A time
+//! budget ([`TrainParams::max_seconds`], [`StepPlan`]) keeps that only while it does not bind:
+//! where it cuts the run, how many steps run depends on the machine's pace.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
+use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Optimizer, ParamsAdamW, VarMap};
@@ -95,6 +98,10 @@ pub struct TrainParams {
     /// the batch's distances stay near its reference embeddings'
     /// ([`BatchInputs::reference`]). Default 0 (the triplet loss alone).
     pub geometry_weight: f32,
+    /// Wall-clock seconds the run may train for ([`StepPlan`]): when the steps `epochs` asks
+    /// for would take longer, the run plans fewer and ends its schedule at the last of them.
+    /// Default none (every step runs, and the run is reproducible to the bit).
+    pub max_seconds: Option<f64>,
 }
 
 impl Default for TrainParams {
@@ -115,6 +122,7 @@ impl Default for TrainParams {
             seed: 0,
             lr_schedule: LrSchedule::Constant,
             geometry_weight: 0.0,
+            max_seconds: None,
         }
     }
 }
@@ -139,6 +147,65 @@ impl LrSchedule {
             Self::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
         }
     }
+}
+
+/// Steps between two timings of a run with a time budget (the first timing comes after as many).
+pub const PLAN_PROBE_STEPS: usize = 20;
+
+/// The steps a run takes: all it plans (`epochs` × batches), or, under a time budget
+/// ([`TrainParams::max_seconds`]), as many as fit. Every [`PLAN_PROBE_STEPS`] steps the run times
+/// itself; when the seconds per step so far project past the budget, it plans as many steps as the
+/// budget holds at that pace, so a cosine schedule still ends at the last step run. A plan is only
+/// ever shortened: a run the budget never binds takes every step, as without it. The run stops at
+/// the budget whatever the plan said (a pace that slows after the last timing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepPlan {
+    planned: usize,
+    total: usize,
+    budget: Option<f64>,
+}
+
+impl StepPlan {
+    pub fn new(planned: usize, budget: Option<f64>) -> Self {
+        Self { planned, total: planned, budget }
+    }
+
+    /// Asked before step `step` (0-based), `elapsed` seconds into the run: whether it runs.
+    pub fn admits(&mut self, step: usize, elapsed: f64) -> bool {
+        if let Some(budget) = self.budget {
+            if step > 0 && elapsed >= budget {
+                self.total = step;
+                return false;
+            }
+            if step >= PLAN_PROBE_STEPS && step.is_multiple_of(PLAN_PROBE_STEPS) {
+                let affordable = (budget * step as f64 / elapsed.max(f64::MIN_POSITIVE)).floor() as usize;
+                if affordable < self.total {
+                    self.total = affordable.max(step + 1);
+                }
+            }
+        }
+        step < self.total
+    }
+
+    /// The steps the run now plans to take.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// The steps `epochs` asked for.
+    pub fn planned(&self) -> usize {
+        self.planned
+    }
+}
+
+/// The steps `params.epochs` passes over items labelled `labels` ask for: per epoch, the P×K
+/// sampler's batches (the items of labels with two or more, over P·K, at least one).
+pub fn planned_steps(labels: &[u32], params: &TrainParams) -> usize {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    labels.iter().for_each(|&label| *counts.entry(label).or_default() += 1);
+    let eligible: usize = counts.values().filter(|&&n| n >= 2).sum();
+    let batch = (params.batch_classes * params.batch_per_class).max(1);
+    params.epochs.saturating_mul((eligible / batch).max(1))
 }
 
 impl TrainParams {
@@ -169,6 +236,8 @@ pub struct StepReport {
     pub mean_negative_distance: f32,
     /// Mined triplets with a positive loss (all of them under the soft margin).
     pub active_triplets: usize,
+    /// The steps the run plans to take, this one included ([`StepPlan::total`]).
+    pub steps: usize,
 }
 
 /// A trained head and its loss curve.
@@ -333,17 +402,21 @@ pub(super) fn train_model<M: Module>(
             optimizer.map(|optimizer| (optimizer, lr))
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
-    // A caller that stops by its own budget passes `usize::MAX` epochs: the schedule then stays
-    // at its first rate.
-    let total_steps = params.epochs.saturating_mul(sampler.batches_per_epoch());
+    // A caller that stops by its own step budget passes `usize::MAX` epochs: the schedule then
+    // stays at its first rate.
+    let mut plan = StepPlan::new(params.epochs.saturating_mul(sampler.batches_per_epoch()), params.max_seconds);
+    let started = Instant::now();
     let mining = params.effective_mining();
     let mut mining_seeds = SeededRng::for_stream(params.seed, MINING_STREAM);
     let mut guard = CollapseGuard::new(params);
     let mut losses = Vec::new();
 
-    for epoch in 0..params.epochs {
+    'run: for epoch in 0..params.epochs {
         for batch in sampler.epoch(epoch as u64) {
             let step = losses.len();
+            if !plan.admits(step, started.elapsed().as_secs_f64()) {
+                break 'run;
+            }
             let rows = inputs.batch(step, &batch.items)?;
             let distances = pairwise_distances(&model.forward(&rows)?)?;
             let plain = distances_to_vec(&distances)?;
@@ -361,7 +434,7 @@ pub(super) fn train_model<M: Module>(
                 return Err(TrainError::Diverged { step, loss: value });
             }
             let grads = loss.backward()?;
-            let factor = params.lr_schedule.factor(step, total_steps);
+            let factor = params.lr_schedule.factor(step, plan.total());
             for (optimizer, lr) in &mut optimizers {
                 optimizer.set_learning_rate(*lr * factor);
                 optimizer.step(&grads)?;
@@ -384,6 +457,7 @@ pub(super) fn train_model<M: Module>(
                 mean_positive_distance,
                 mean_negative_distance,
                 active_triplets,
+                steps: plan.total(),
             };
             if observer(&report, model).is_break() {
                 return Err(TrainError::Canceled { steps: losses.len() });

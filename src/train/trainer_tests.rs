@@ -158,6 +158,69 @@ fn unbounded_epochs_run_until_the_observer_stops_them() {
 }
 
 #[test]
+fn a_plan_without_a_budget_takes_every_step() {
+    let mut plan = StepPlan::new(100, None);
+    assert!((0..100).all(|step| plan.admits(step, 1e9)));
+    assert!(!plan.admits(100, 0.0));
+    assert_eq!((plan.total(), plan.planned()), (100, 100));
+}
+
+#[test]
+fn a_plan_shortens_to_the_steps_its_budget_holds_at_the_timed_pace() {
+    // 1 s a step against a 50 s budget: the first timing (after PLAN_PROBE_STEPS steps) plans 50.
+    let mut plan = StepPlan::new(1000, Some(50.0));
+    for step in 0..PLAN_PROBE_STEPS {
+        assert!(plan.admits(step, step as f64));
+        assert_eq!(plan.total(), 1000, "no timing before step {PLAN_PROBE_STEPS}");
+    }
+    assert!(plan.admits(PLAN_PROBE_STEPS, PLAN_PROBE_STEPS as f64));
+    assert_eq!(plan.total(), 50);
+    // A faster pace later never lengthens the plan again.
+    assert!(plan.admits(2 * PLAN_PROBE_STEPS, 2.0 * PLAN_PROBE_STEPS as f64 * 0.5));
+    assert_eq!(plan.total(), 50);
+    assert!(plan.admits(49, 48.0) && !plan.admits(50, 49.0));
+    assert_eq!(plan.planned(), 1000);
+}
+
+#[test]
+fn a_plan_the_budget_holds_is_never_cut_and_a_slowing_run_stops_at_the_budget() {
+    let mut plan = StepPlan::new(100, Some(60.0));
+    // 0.5 s a step: 100 steps take 50 s, inside the budget.
+    assert!((0..100).all(|step| plan.admits(step, step as f64 * 0.5)));
+    assert_eq!(plan.total(), 100);
+    // A run whose steps slow down after its last timing stops when the budget is spent.
+    let mut plan = StepPlan::new(100, Some(60.0));
+    assert!(plan.admits(PLAN_PROBE_STEPS, 10.0));
+    assert!(!plan.admits(PLAN_PROBE_STEPS + 1, 60.0));
+    assert_eq!(plan.total(), PLAN_PROBE_STEPS + 1);
+    // The first step always runs.
+    assert!(StepPlan::new(10, Some(0.0)).admits(0, 1.0));
+}
+
+/// The trainer under a budget: steps made slow by the observer (20 ms each) against a budget of
+/// 1.5 s stop well short of the 800 steps asked for; every report names the plan of the moment,
+/// and the schedule ends at the plan's last step.
+#[test]
+fn a_time_budget_cuts_training_and_the_schedule_follows_the_cut() -> Result<(), TrainError> {
+    let (features, labels) = dataset(8, 0, 9);
+    let params = TrainParams { epochs: 200, max_seconds: Some(1.5), lr_schedule: LrSchedule::Cosine, ..params() };
+    let mut reports = Vec::new();
+    let trained = train_head(&features, &labels, None, &params, &Device::Cpu, &mut |report, _| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reports.push(*report);
+        ControlFlow::Continue(())
+    })?;
+    let planned = reports[0].steps;
+    assert_eq!(planned, 200 * (labels.len() / 16), "before the first timing the plan is the epochs'");
+    assert!(trained.steps < planned / 2, "{} of {planned} steps ran", trained.steps);
+    assert!(trained.steps > PLAN_PROBE_STEPS, "the budget holds more than the first timing's steps");
+    assert_eq!(reports.len(), trained.steps);
+    let last = reports[reports.len() - 1].steps;
+    assert!(last < planned && last >= trained.steps, "the plan was cut to {last}");
+    Ok(())
+}
+
+#[test]
 fn the_observer_sees_the_head_as_each_step_left_it() -> Result<(), TrainError> {
     let (features, labels) = dataset(8, 0, 8);
     let params = TrainParams { epochs: 2, ..params() };

@@ -220,6 +220,9 @@ async fn the_default_finetune_trains_three_blocks_and_if_better_decides_by_the_h
         result["seconds"]
     );
     assert_eq!(result["training"]["trainable_blocks"], 3, "{result}");
+    // The default time budget does not bind on 1,000 items: every step of the epochs runs.
+    assert_eq!(result["training"]["max_training_seconds"], 540.0, "{result}");
+    assert_eq!(result["training"]["steps"], result["training"]["planned_steps"], "{result}");
     let gain = metric("after", "map_at_r") / metric("before", "map_at_r") - 1.0;
     assert!(gain >= MIN_RELATIVE_MAP_GAIN, "{result}");
     assert!(metric("after", "recall_at_1") > metric("before", "recall_at_1"), "{result}");
@@ -412,6 +415,12 @@ async fn bad_finetune_requests_are_refused_and_a_canceled_job_changes_nothing() 
             400,
             "invalid_params",
         ),
+        (json!({"kind": "finetune", "dataset": "small", "params": {"max_training_seconds": 0}}), 400, "invalid_params"),
+        (
+            json!({"kind": "finetune", "dataset": "small", "params": {"max_training_seconds": 1e9}}),
+            400,
+            "invalid_params",
+        ),
         (json!({"kind": "reindex", "dataset": "small", "params": {}}), 400, "invalid_params"),
         (json!({"kind": "reindex", "dataset": "small", "params": {"model": "ft-none"}}), 404, "model_not_found"),
     ] {
@@ -446,6 +455,17 @@ async fn bad_finetune_requests_are_refused_and_a_canceled_job_changes_nothing() 
     assert_eq!(dataset["model"], pretrained);
     let (_, body) = client.search_raw("small", subset.queries[0].1.clone(), "&k=3").await;
     assert_eq!(body["model"], pretrained);
+
+    // The same length of job under a time budget of 2 s: it trains what fits, then evaluates.
+    let job = finetune(&client, "small", json!({"epochs": 10000, "max_training_seconds": 2, "promote": "never"})).await;
+    let job = client.wait_job(job["id"].as_str().expect("id")).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let training = &job["result"]["training"];
+    let (steps, planned) =
+        (training["steps"].as_u64().expect("steps"), training["planned_steps"].as_u64().expect("planned"));
+    assert!(steps > 0 && steps < planned / 100, "{steps} of {planned} steps in 2 s: {training}");
+    assert_eq!(training["max_training_seconds"], 2.0, "{training}");
+    assert!(job["result"]["seconds"]["training"].as_f64().expect("seconds") < 30.0, "{job}");
     server.stop().await.expect("stop");
 }
 

@@ -178,6 +178,12 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
         training: TrainingSummary {
             trainable_blocks: run.params.trainable_blocks,
             steps: trained.head.steps,
+            planned_steps: crate::train::planned_steps(
+                &mined.train_labels,
+                &run.params
+                    .train_params(run.state.embedder.model().dim, run.params.batch_classes.min(mined.batch_labels)),
+            ),
+            max_training_seconds: run.params.max_training_seconds,
             final_loss: trained.head.final_loss,
             batch_classes: run.params.batch_classes.min(mined.batch_labels),
             batch_per_class: run.params.batch_per_class,

@@ -50,7 +50,12 @@ pub struct MiningSummary {
 pub struct TrainingSummary {
     /// Backbone blocks trained with the head (0: the head alone).
     pub trainable_blocks: usize,
+    /// Optimiser steps taken.
     pub steps: usize,
+    /// The steps `epochs` asked for; more than `steps` when `max_training_seconds` cut the run.
+    pub planned_steps: usize,
+    /// The time budget training ran under (`None`: no limit).
+    pub max_training_seconds: Option<f64>,
     pub final_loss: f32,
     pub batch_classes: usize,
     pub batch_per_class: usize,

@@ -17,7 +17,8 @@ use crate::network::preprocess::decode_image;
 use crate::train::images::ImageBatches;
 use crate::train::params::mining_name;
 use crate::train::{
-    BackboneTail, StepReport, TrainError, TrainParams, TrainedHead, WithReference, train_head, train_tail,
+    BackboneTail, StepReport, TrainError, TrainParams, TrainedHead, WithReference, planned_steps, train_head,
+    train_tail,
 };
 
 pub(super) fn run(
@@ -56,24 +57,26 @@ fn train(
 ) -> Result<Trained, JobFailure> {
     let injected = params.offline_injection.then(|| mined.pairs.injected_positives());
     let items = mined.train_labels.len();
-    let steps = params.epochs * (items / (params.batch_classes * params.batch_per_class)).max(1);
+    let steps = planned_steps(&mined.train_labels, params);
     let trainable_blocks = run.params.trainable_blocks;
     report.stage(
         "training",
         0.3,
-        json!({"epoch": 0, "epochs": params.epochs, "step": 0, "steps": steps, "trainable_blocks": trainable_blocks}),
+        json!({"epoch": 0, "epochs": params.epochs, "step": 0, "steps": steps, "planned_steps": steps,
+               "trainable_blocks": trainable_blocks}),
     );
     let mut observe = |step: &StepReport| {
         if run.cancel.is_canceled() {
             return ControlFlow::Break(());
         }
         let detail = json!({
-            "epoch": step.epoch + 1, "epochs": params.epochs, "step": step.step + 1, "steps": steps,
+            "epoch": step.epoch + 1, "epochs": params.epochs, "step": step.step + 1, "steps": step.steps,
+            "planned_steps": steps,
             "loss": step.loss, "mean_positive_distance": step.mean_positive_distance,
             "mean_negative_distance": step.mean_negative_distance, "active_triplets": step.active_triplets,
             "trainable_blocks": trainable_blocks,
         });
-        report.progress("training", 0.3 + 0.5 * (step.step + 1) as f64 / steps as f64, detail);
+        report.progress("training", 0.3 + 0.5 * (step.step + 1) as f64 / step.steps.max(1) as f64, detail);
         ControlFlow::Continue(())
     };
     let Some(first_block) = run.params.first_trainable_block() else {
