@@ -221,7 +221,7 @@ async fn the_default_finetune_trains_three_blocks_and_if_better_decides_by_the_h
     );
     assert_eq!(result["training"]["trainable_blocks"], 3, "{result}");
     // The default time budget does not bind on 1,000 items: every step of the epochs runs.
-    assert_eq!(result["training"]["max_training_seconds"], 540.0, "{result}");
+    assert_eq!(result["training"]["max_training_seconds"], 450.0, "{result}");
     assert_eq!(result["training"]["steps"], result["training"]["planned_steps"], "{result}");
     let gain = metric("after", "map_at_r") / metric("before", "map_at_r") - 1.0;
     assert!(gain >= MIN_RELATIVE_MAP_GAIN, "{result}");

@@ -93,7 +93,7 @@ pub struct FinetuneParams {
     geometry_weight: Option<f64>,
     /// Wall-clock seconds training may take: when the steps of `epochs` would take longer at the
     /// pace of the first steps, fewer run and the schedule ends on the last. Null: no limit.
-    #[schema(exclusive_minimum = 0.0, maximum = 604800.0, default = 540.0)]
+    #[schema(exclusive_minimum = 0.0, maximum = 604800.0, default = 450.0)]
     max_training_seconds: Option<f64>,
 }
 
