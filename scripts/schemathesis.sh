@@ -14,8 +14,11 @@ python=${PYTHON:-python3}
 max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-20}
 time_limit=${SCHEMATHESIS_TIME_LIMIT:-300}
 
-if ! "$python" -m schemathesis.cli --version > /dev/null 2>&1 && ! command -v schemathesis > /dev/null; then
-    "$python" -m pip install --quiet schemathesis
+# Pinned: a fresh machine gets the versions this script was last checked with.
+schemathesis_version=4.32.5
+hypothesis_version=6.170.17
+if ! "$python" -m schemathesis.cli --version 2> /dev/null | grep -q "$schemathesis_version"; then
+    "$python" -m pip install --quiet "schemathesis==$schemathesis_version" "hypothesis==$hypothesis_version"
 fi
 schemathesis=$(command -v schemathesis || echo "$python -m schemathesis.cli")
 
@@ -48,18 +51,27 @@ for _ in $(seq 240); do curl -fs "$url/readyz" > /dev/null && break; sleep 0.25;
 LOOKALIKE_API_KEY="$admin_key" "$bin/lookalike" ingest "$work/catalogue.zip" --dataset catalogue \
     --server "$url" > /dev/null
 
+# run PHASES WORKERS [options]
+run() {
+    timeout --signal=INT $((time_limit + 60)) $schemathesis run "$url/openapi.json" \
+        --header "Authorization: Bearer $admin_key" \
+        --max-time "$time_limit" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+        --max-examples "$max_examples" \
+        --seed 1 \
+        `# item ids are any 1 to 256 characters; those a URL path cannot carry are filtered out` \
+        --suppress-health-check=filter_too_much \
+        --phases "$1" \
+        --workers "$2" \
+        --no-color \
+        "${@:3}"
+}
+# The coverage phase on one worker: with two, schemathesis 4.32.5 (hypothesis 6.170.17) fails
+# inside its own generator (a KeyError, reported as a flaky POST /jobs) on a schema one worker
+# covers without a fault; the rest on two.
 status=0
-timeout --signal=INT $((time_limit + 60)) $schemathesis run "$url/openapi.json" \
-    --header "Authorization: Bearer $admin_key" \
-    --max-time "$time_limit" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --max-examples "$max_examples" \
-    --seed 1 \
-    `# item ids are any 1 to 256 characters; those a URL path cannot carry are filtered out` \
-    --suppress-health-check=filter_too_much \
-    --workers 2 \
-    --no-color \
-    "$@" || status=$?
+run coverage 1 "$@" || status=$?
+if [[ $status -eq 0 ]]; then run examples,fuzzing,stateful 2 "$@" || status=$?; fi
 if [[ $status -ne 0 ]]; then
     echo "schemathesis failed ($status); the server's log:" >&2
     tail -n 40 "$work/server.log" >&2
