@@ -28,7 +28,7 @@ pub fn check_trainable(label_sizes: impl IntoIterator<Item = usize>) -> Result<(
     ))
 }
 
-/// The largest `max_training_seconds`: a week.
+/// The largest `training_seconds_per_10k_items`: a week.
 pub const MAX_TRAINING_SECONDS: f64 = 604_800.0;
 
 /// The triplet selection of a finetune job (API.md: `mining`).
@@ -104,11 +104,12 @@ pub struct FinetuneParams {
     /// to a point. 0 (also for a job stored before this param existed) trains on triplets alone.
     #[serde(default)]
     pub geometry_weight: f64,
-    /// Wall-clock seconds training may take (`train::StepPlan`): when the steps of `epochs` would
+    /// Wall-clock seconds training may take per 10,000 catalogue items, and at least this many
+    /// in all ([`Self::max_training_seconds`], `train::StepPlan`): when the steps of `epochs` would
     /// take longer at the pace of the first steps, fewer run and the schedule ends at the last of
     /// them. `None` (null; also a job stored before this param existed): every step runs.
     #[serde(default)]
-    pub max_training_seconds: Option<f64>,
+    pub training_seconds_per_10k_items: Option<f64>,
 }
 
 /// `trainable_blocks`: a count, or `"all"`.
@@ -151,8 +152,8 @@ impl FinetuneParams {
     fn check(&self) -> Result<(), String> {
         let rules: [(&str, bool, &str); 19] = [
             (
-                "max_training_seconds",
-                self.max_training_seconds.is_none_or(|s| s > 0.0 && s <= MAX_TRAINING_SECONDS),
+                "training_seconds_per_10k_items",
+                self.training_seconds_per_10k_items.is_none_or(|s| s > 0.0 && s <= MAX_TRAINING_SECONDS),
                 "above 0 and at most 604800 (a week), or null for no limit",
             ),
             ("geometry_weight", (0.0..=100.0).contains(&self.geometry_weight), "0 to 100"),
@@ -217,8 +218,16 @@ impl FinetuneParams {
             seed: self.seed,
             lr_schedule: self.lr_schedule,
             geometry_weight: self.geometry_weight as f32,
-            max_seconds: self.max_training_seconds,
+            max_seconds: None,
         }
+    }
+
+    /// The training time budget of a job over a catalogue of `items`:
+    /// `training_seconds_per_10k_items` up to 10,000 items, in proportion above (the steps of
+    /// `epochs` grow with the catalogue too, so the budget binds where the machine is slow for
+    /// them, not where the catalogue is large).
+    pub fn max_training_seconds(&self, items: usize) -> Option<f64> {
+        self.training_seconds_per_10k_items.map(|seconds| seconds * (items as f64 / 10_000.0).max(1.0))
     }
 
     /// The first trained block when blocks are trained: the block whose inputs training and the
@@ -246,6 +255,24 @@ pub fn mining_name(mode: MiningMode) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_budget_is_the_floor_up_to_10k_items_and_grows_in_proportion_above() {
+        let params = FinetuneParams { training_seconds_per_10k_items: Some(450.0), ..defaults() };
+        assert_eq!(params.max_training_seconds(100), Some(450.0));
+        assert_eq!(params.max_training_seconds(10_000), Some(450.0));
+        assert_eq!(params.max_training_seconds(60_000), Some(2700.0));
+        let unlimited = FinetuneParams { training_seconds_per_10k_items: None, ..defaults() };
+        assert_eq!(unlimited.max_training_seconds(60_000), None);
+        let err = FinetuneParams::resolve(&params, &serde_json::json!({"training_seconds_per_10k_items": -1}));
+        assert!(err.unwrap_err().contains("params.training_seconds_per_10k_items must be"));
+        let lifted = FinetuneParams::resolve(&params, &serde_json::json!({"training_seconds_per_10k_items": null}));
+        assert_eq!(lifted.expect("null lifts the limit").training_seconds_per_10k_items, None);
+    }
+
+    fn defaults() -> FinetuneParams {
+        crate::config::Settings::load(None).expect("embedded defaults").finetune
+    }
 
     #[test]
     fn trainable_needs_two_labels_of_three() {

@@ -415,9 +415,13 @@ async fn bad_finetune_requests_are_refused_and_a_canceled_job_changes_nothing() 
             400,
             "invalid_params",
         ),
-        (json!({"kind": "finetune", "dataset": "small", "params": {"max_training_seconds": 0}}), 400, "invalid_params"),
         (
-            json!({"kind": "finetune", "dataset": "small", "params": {"max_training_seconds": 1e9}}),
+            json!({"kind": "finetune", "dataset": "small", "params": {"training_seconds_per_10k_items": 0}}),
+            400,
+            "invalid_params",
+        ),
+        (
+            json!({"kind": "finetune", "dataset": "small", "params": {"training_seconds_per_10k_items": 1e9}}),
             400,
             "invalid_params",
         ),
@@ -457,7 +461,9 @@ async fn bad_finetune_requests_are_refused_and_a_canceled_job_changes_nothing() 
     assert_eq!(body["model"], pretrained);
 
     // The same length of job under a time budget of 2 s: it trains what fits, then evaluates.
-    let job = finetune(&client, "small", json!({"epochs": 10000, "max_training_seconds": 2, "promote": "never"})).await;
+    let job =
+        finetune(&client, "small", json!({"epochs": 10000, "training_seconds_per_10k_items": 2, "promote": "never"}))
+            .await;
     let job = client.wait_job(job["id"].as_str().expect("id")).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let training = &job["result"]["training"];

@@ -91,10 +91,11 @@ pub struct FinetuneParams {
     /// distances (0: triplets alone).
     #[schema(minimum = 0.0, maximum = 100.0, default = 0.0)]
     geometry_weight: Option<f64>,
-    /// Wall-clock seconds training may take: when the steps of `epochs` would take longer at the
-    /// pace of the first steps, fewer run and the schedule ends on the last. Null: no limit.
+    /// Wall-clock seconds training may take per 10,000 catalogue items, and at least this many:
+    /// when the steps of `epochs` would take longer at the pace of the first steps, fewer run and
+    /// the schedule ends on the last. Null: no limit.
     #[schema(exclusive_minimum = 0.0, maximum = 604800.0, default = 450.0)]
-    max_training_seconds: Option<f64>,
+    training_seconds_per_10k_items: Option<f64>,
 }
 
 /// A reindex job's `params`: the model to serve the dataset with.
@@ -150,7 +151,7 @@ pub struct FinetuneResult {
     #[schema(value_type = Object)]
     mining: (),
     /// Training: `trainable_blocks`, `steps`, `planned_steps` (more than `steps` when
-    /// `max_training_seconds` cut the run), `max_training_seconds`, `final_loss`, `batch_classes`,
+    /// the time budget cut the run), `max_training_seconds` (that budget), `final_loss`, `batch_classes`,
     /// `batch_per_class`, `train_items`, `labels`.
     #[schema(value_type = Object)]
     training: (),

@@ -148,6 +148,7 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
     let evaluation = evaluating(&run, &mut report, &catalogue, &mined, &trained)?;
     timed("evaluating", stage);
     let labels = catalogue.label_names.len();
+    let catalogue_items = catalogue.records.len();
     if evaluation.decision.promoted {
         let stage = Instant::now();
         promoting(&run, &mut report, catalogue, &evaluation.model)?;
@@ -183,7 +184,7 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
                 &run.params
                     .train_params(run.state.embedder.model().dim, run.params.batch_classes.min(mined.batch_labels)),
             ),
-            max_training_seconds: run.params.max_training_seconds,
+            max_training_seconds: run.params.max_training_seconds(catalogue_items),
             final_loss: trained.head.final_loss,
             batch_classes: run.params.batch_classes.min(mined.batch_labels),
             batch_per_class: run.params.batch_per_class,

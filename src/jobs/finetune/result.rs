@@ -52,9 +52,10 @@ pub struct TrainingSummary {
     pub trainable_blocks: usize,
     /// Optimiser steps taken.
     pub steps: usize,
-    /// The steps `epochs` asked for; more than `steps` when `max_training_seconds` cut the run.
+    /// The steps `epochs` asked for; more than `steps` when the time budget cut the run.
     pub planned_steps: usize,
-    /// The time budget training ran under (`None`: no limit).
+    /// The time budget training ran under, from `training_seconds_per_10k_items` (`None`: no
+    /// limit).
     pub max_training_seconds: Option<f64>,
     pub final_loss: f32,
     pub batch_classes: usize,

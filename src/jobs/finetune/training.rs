@@ -29,7 +29,10 @@ pub(super) fn run(
 ) -> Result<Trained, JobFailure> {
     let params = &run.params;
     let batch_classes = params.batch_classes.min(mined.batch_labels);
-    let train_params = params.train_params(run.state.embedder.model().dim, batch_classes);
+    let train_params = TrainParams {
+        max_seconds: params.max_training_seconds(catalogue.records.len()),
+        ..params.train_params(run.state.embedder.model().dim, batch_classes)
+    };
     let checkpoint = Checkpoint::new(&run.artifacts, &catalogue.records, params);
     let trained = match checkpoint.load() {
         Some(trained) => {
