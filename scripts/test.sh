@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the test assets (weights, photos, Fashion-MNIST)
-# when missing, runs every Rust test of the workspace (the service, bench/, crates/), then the
+# when missing, runs every Rust test of the workspace (the service, bench/, crates/), the
+# integration suite again on a throwaway PostgreSQL cluster (scripts/test-postgres.sh), then the
 # web pages' tests in a real headless Chromium, then schemathesis against the OpenAPI document.
 # README.md and .ci/run both call this.
 set -euo pipefail
@@ -9,6 +10,8 @@ bash scripts/test-assets.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log"
+echo "== the integration suite on PostgreSQL"
+bash scripts/test-postgres.sh "$@" 2>&1 | tee -a "$log"
 bash scripts/browser-test.sh 2>&1 | tee -a "$log"
 bash scripts/schemathesis.sh 2>&1 | tee -a "$log"
 # Benchmarks are not tests, but they must keep working: each runs once on a tiny input.

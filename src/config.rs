@@ -157,16 +157,14 @@ impl Settings {
         anyhow::ensure!(self.embedder.max_forward_pixels != Some(0), "embedder.max_forward_pixels must be at least 1");
         anyhow::ensure!(self.jobs.ingest_chunk >= 1, "jobs.ingest_chunk must be at least 1");
         anyhow::ensure!(self.limits.max_k >= 1, "limits.max_k must be at least 1");
-        if !self.database.url.is_empty() && !self.database.url.starts_with("sqlite:") {
-            anyhow::bail!(
-                "database.url {:?}: only SQLite is supported in this version",
-                redact_url(&self.database.url)
-            );
+        if !self.database.url.is_empty() {
+            crate::db::Db::backend_of(&self.database.url)?;
         }
         Ok(())
     }
 
-    /// The SQLite URL: the configured one, or a file in the data dir.
+    /// The database URL: the configured one (SQLite or PostgreSQL), or a SQLite file in the
+    /// data dir.
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
             format!("sqlite://{}?mode=rwc", self.data_dir.join("lookalike.db").display())
@@ -194,7 +192,7 @@ impl Settings {
 }
 
 /// A URL with its password replaced, fit for logs and errors.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
         _ => url.to_owned(),

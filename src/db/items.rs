@@ -1,9 +1,8 @@
 //! The `items` table. `seq` is the id an item has in the vector index.
 
 use serde::Serialize;
-use sqlx::Row;
 
-use super::Db;
+use super::{Db, DbRow, on_pool};
 
 /// An item as the API shows it (`API.md`: `Item`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -40,21 +39,18 @@ pub struct NewItem {
     pub blob: String,
 }
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<ItemRecord, sqlx::Error> {
-    let seq: i64 = row.try_get("seq")?;
-    let width: i64 = row.try_get("width")?;
-    let height: i64 = row.try_get("height")?;
+fn record(row: &impl DbRow) -> Result<ItemRecord, sqlx::Error> {
     Ok(ItemRecord {
-        seq: seq as u64,
+        seq: row.int("seq")? as u64,
         item: Item {
-            item_id: row.try_get("item_id")?,
-            label: row.try_get("label")?,
-            width: width as u32,
-            height: height as u32,
-            created_at: row.try_get("created_at")?,
+            item_id: row.text("item_id")?,
+            label: row.text("label")?,
+            width: row.int("width")? as u32,
+            height: row.int("height")? as u32,
+            created_at: row.text("created_at")?,
         },
-        content_type: row.try_get("content_type")?,
-        blob: row.try_get("blob")?,
+        content_type: row.text("content_type")?,
+        blob: row.text("blob")?,
     })
 }
 
@@ -65,38 +61,40 @@ impl Db {
     /// An `item_id` already present makes the whole call fail with
     /// `Err(Duplicate(id))` and stores nothing.
     pub async fn insert_items(&self, dataset: &str, items: &[NewItem]) -> Result<Vec<u64>, InsertError> {
-        let mut tx = self.pool.begin().await?;
+        let sql = "INSERT INTO items (dataset, item_id, label, width, height, content_type, blob, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dataset, item_id) DO NOTHING RETURNING seq";
         let now = super::now();
         let mut seqs = Vec::with_capacity(items.len());
-        for item in items {
-            let row = sqlx::query(
-                "INSERT INTO items (dataset, item_id, label, width, height, content_type, blob, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset, item_id) DO NOTHING RETURNING seq",
-            )
-            .bind(dataset)
-            .bind(&item.item_id)
-            .bind(&item.label)
-            .bind(item.width as i64)
-            .bind(item.height as i64)
-            .bind(&item.content_type)
-            .bind(&item.blob)
-            .bind(&now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
-                return Err(InsertError::Duplicate(item.item_id.clone()));
-            };
-            let seq: i64 = row.try_get("seq")?;
-            seqs.push(seq as u64);
-        }
-        tx.commit().await?;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for item in items {
+                let seq: Option<i64> = sqlx::query_scalar(sql)
+                    .bind(dataset)
+                    .bind(&item.item_id)
+                    .bind(&item.label)
+                    .bind(item.width as i64)
+                    .bind(item.height as i64)
+                    .bind(&item.content_type)
+                    .bind(&item.blob)
+                    .bind(&now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(seq) = seq else {
+                    return Err(InsertError::Duplicate(item.item_id.clone()));
+                };
+                seqs.push(seq as u64);
+            }
+            tx.commit().await?;
+        });
         Ok(seqs)
     }
 
     pub async fn get_item(&self, dataset: &str, item_id: &str) -> Result<Option<ItemRecord>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM items WHERE dataset = ? AND item_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dataset).bind(item_id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(record).transpose()
+        let sql = format!("SELECT {COLUMNS} FROM items WHERE dataset = $1 AND item_id = $2");
+        on_pool!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dataset).bind(item_id).fetch_optional(pool).await?;
+            row.as_ref().map(record).transpose()
+        })
     }
 
     /// A page of items ordered by `item_id`, strictly after `after` when given.
@@ -108,34 +106,38 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<ItemRecord>, sqlx::Error> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM items WHERE dataset = ?
-               AND (? IS NULL OR label = ?) AND (? IS NULL OR item_id > ?)
-             ORDER BY item_id LIMIT ?"
+            "SELECT {COLUMNS} FROM items WHERE dataset = $1
+               AND ($2 IS NULL OR label = $2) AND ($3 IS NULL OR item_id > $3)
+             ORDER BY item_id LIMIT $4"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(dataset)
-            .bind(label)
-            .bind(label)
-            .bind(after)
-            .bind(after)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(record).collect()
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(dataset)
+                .bind(label)
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(record).collect()
+        })
     }
 
     /// Every item of the dataset (for loading its in-memory catalogue).
     pub async fn all_items(&self, dataset: &str) -> Result<Vec<ItemRecord>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM items WHERE dataset = ? ORDER BY seq");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dataset).fetch_all(&self.pool).await?;
-        rows.iter().map(record).collect()
+        let sql = format!("SELECT {COLUMNS} FROM items WHERE dataset = $1 ORDER BY seq");
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dataset).fetch_all(pool).await?;
+            rows.iter().map(record).collect()
+        })
     }
 
     /// Deletes one item; returns it when it existed.
     pub async fn delete_item(&self, dataset: &str, item_id: &str) -> Result<Option<ItemRecord>, sqlx::Error> {
-        let sql = format!("DELETE FROM items WHERE dataset = ? AND item_id = ? RETURNING {COLUMNS}");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dataset).bind(item_id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(record).transpose()
+        let sql = format!("DELETE FROM items WHERE dataset = $1 AND item_id = $2 RETURNING {COLUMNS}");
+        on_pool!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dataset).bind(item_id).fetch_optional(pool).await?;
+            row.as_ref().map(record).transpose()
+        })
     }
 }
 

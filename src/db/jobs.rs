@@ -2,9 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::Row;
 
-use super::Db;
+use super::{Db, DbRow, Pool, on_pool};
 use crate::error::ErrorCode;
 
 /// A job as the API shows it (`API.md`: `Job`).
@@ -133,98 +132,102 @@ pub struct JobFilter<'a> {
     pub kind: Option<JobKind>,
 }
 
-fn parse_column<T: std::str::FromStr>(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<T, sqlx::Error> {
-    let text: String = row.try_get(column)?;
+fn parse_column<T: std::str::FromStr>(row: &impl DbRow, column: &str) -> Result<T, sqlx::Error> {
+    let text = row.text(column)?;
     text.parse().map_err(|_| sqlx::Error::Decode(format!("unknown {column} {text:?} in the jobs table").into()))
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Job, sqlx::Error> {
+fn from_row(row: &impl DbRow) -> Result<Job, sqlx::Error> {
     let json = |column: &str| -> Result<Option<Value>, sqlx::Error> {
-        let text: Option<String> = row.try_get(column)?;
+        let text = row.opt_text(column)?;
         text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
     };
-    let code: Option<String> = row.try_get("error_code")?;
-    let message: Option<String> = row.try_get("error_message")?;
+    let code = row.opt_text("error_code")?;
+    let message = row.opt_text("error_message")?;
     let artifacts = json("artifacts")?.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
     Ok(Job {
-        id: row.try_get("id")?,
+        id: row.text("id")?,
         kind: parse_column(row, "kind")?,
-        dataset: row.try_get("dataset")?,
+        dataset: row.text("dataset")?,
         status: parse_column(row, "status")?,
-        stage: row.try_get("stage")?,
-        progress: row.try_get("progress")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
+        stage: row.text("stage")?,
+        progress: row.float("progress")?,
+        created_at: row.text("created_at")?,
+        started_at: row.opt_text("started_at")?,
+        finished_at: row.opt_text("finished_at")?,
         error: code.map(|code| JobError { code, message: message.unwrap_or_default() }),
         params: json("params")?.unwrap_or(Value::Null),
         result: json("result")?,
         artifacts,
         detail: json("detail")?,
-        attempts: row.try_get("attempts")?,
+        attempts: row.int("attempts")?,
     })
 }
 
+/// Which job [`Db::start_next_job`] takes: the oldest queued. On PostgreSQL, where several
+/// workers may ask at once, the row is locked and the others skip it.
+const NEXT_QUEUED: &str = "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1";
+
 impl Db {
     pub async fn insert_job(&self, id: &str, kind: JobKind, dataset: &str, params: &Value) -> Result<Job, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO jobs (id, kind, dataset, status, stage, progress, created_at, params)
-             VALUES (?, ?, ?, 'queued', 'queued', 0, ?, ?)",
-        )
-        .bind(id)
-        .bind(kind.as_str())
-        .bind(dataset)
-        .bind(super::now())
-        .bind(params.to_string())
-        .execute(&self.pool)
-        .await?;
+        let sql = "INSERT INTO jobs (id, kind, dataset, status, stage, progress, created_at, params)
+                   VALUES ($1, $2, $3, 'queued', 'queued', 0, $4, $5)";
+        let (now, params) = (super::now(), params.to_string());
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(id).bind(kind.as_str()).bind(dataset).bind(&now).bind(&params).execute(pool).await?;
+        });
         self.get_job(id).await?.ok_or(sqlx::Error::RowNotFound)
     }
 
     pub async fn get_job(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(from_row).transpose()
+        on_pool!(self, pool => {
+            let row = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(pool).await?;
+            row.as_ref().map(from_row).transpose()
+        })
     }
 
     /// Jobs matching the filter, newest first.
     pub async fn list_jobs(&self, filter: &JobFilter<'_>, limit: usize) -> Result<Vec<Job>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE (? IS NULL OR dataset = ?) AND (? IS NULL OR status = ?) AND (? IS NULL OR kind = ?)
-             ORDER BY created_at DESC, rowid DESC LIMIT ?",
-        )
-        .bind(filter.dataset)
-        .bind(filter.dataset)
-        .bind(filter.status.map(JobStatus::as_str))
-        .bind(filter.status.map(JobStatus::as_str))
-        .bind(filter.kind.map(JobKind::as_str))
-        .bind(filter.kind.map(JobKind::as_str))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(from_row).collect()
+        let sql = "SELECT * FROM jobs
+                   WHERE ($1 IS NULL OR dataset = $1) AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3)
+                   ORDER BY created_at DESC, rowid DESC LIMIT $4";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sql)
+                .bind(filter.dataset)
+                .bind(filter.status.map(JobStatus::as_str))
+                .bind(filter.kind.map(JobKind::as_str))
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(from_row).collect()
+        })
     }
 
-    /// The oldest queued job, marked running (one scheduler calls this).
+    /// The oldest queued job, marked running; `None` when none is queued. Safe to call from
+    /// several processes at once on PostgreSQL (each takes a different job).
     pub async fn start_next_job(&self) -> Result<Option<Job>, sqlx::Error> {
-        let row = sqlx::query(
-            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), stage = 'starting',
+        let lock = match self.pool {
+            Pool::Sqlite(_) => "",
+            Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1), stage = 'starting',
                 attempts = attempts + 1
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1)
-             RETURNING *",
-        )
-        .bind(super::now())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(from_row).transpose()
+             WHERE id = ({NEXT_QUEUED}{lock}) RETURNING *"
+        );
+        let now = super::now();
+        on_pool!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now).fetch_optional(pool).await?;
+            row.as_ref().map(from_row).transpose()
+        })
     }
 
     pub async fn set_job_progress(&self, id: &str, stage: &str, progress: f64) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE jobs SET stage = ?, progress = ? WHERE id = ? AND status = 'running'")
-            .bind(stage)
-            .bind(progress.clamp(0.0, 1.0))
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let sql = "UPDATE jobs SET stage = $1, progress = $2 WHERE id = $3 AND status = 'running'";
+        let progress = progress.clamp(0.0, 1.0);
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(stage).bind(progress).bind(id).execute(pool).await?;
+        });
         Ok(())
     }
 
@@ -236,31 +239,36 @@ impl Db {
         progress: f64,
         detail: &Value,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE jobs SET stage = ?, progress = ?, detail = ? WHERE id = ? AND status = 'running'")
-            .bind(stage)
-            .bind(progress.clamp(0.0, 1.0))
-            .bind(detail.to_string())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let sql = "UPDATE jobs SET stage = $1, progress = $2, detail = $3 WHERE id = $4 AND status = 'running'";
+        let (progress, detail) = (progress.clamp(0.0, 1.0), detail.to_string());
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(stage).bind(progress).bind(&detail).bind(id).execute(pool).await?;
+        });
         Ok(())
     }
 
     /// Lists a file the job wrote under its artifacts folder.
     pub async fn add_job_artifact(&self, id: &str, file: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let text: String =
-            sqlx::query_scalar("SELECT artifacts FROM jobs WHERE id = ?").bind(id).fetch_one(&mut *tx).await?;
-        let mut files: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
-        if !files.iter().any(|f| f == file) {
-            files.push(file.to_owned());
-        }
-        sqlx::query("UPDATE jobs SET artifacts = ? WHERE id = ?")
-            .bind(serde_json::to_string(&files).unwrap_or_else(|_| "[]".into()))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        // Read, then write, in one transaction; PostgreSQL locks the row for it (SQLite's writer
+        // lock already serialises the two).
+        let read = match self.pool {
+            Pool::Sqlite(_) => "SELECT artifacts FROM jobs WHERE id = $1",
+            Pool::Postgres(_) => "SELECT artifacts FROM jobs WHERE id = $1 FOR UPDATE",
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let text: String = sqlx::query_scalar(read).bind(id).fetch_one(&mut *tx).await?;
+            let mut files: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
+            if !files.iter().any(|f| f == file) {
+                files.push(file.to_owned());
+            }
+            sqlx::query("UPDATE jobs SET artifacts = $1 WHERE id = $2")
+                .bind(serde_json::to_string(&files).unwrap_or_else(|_| "[]".into()))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        })
     }
 
     /// Ends a job: `status` is succeeded, failed or canceled.
@@ -271,35 +279,31 @@ impl Db {
         result: Option<&Value>,
         error: Option<(ErrorCode, &str)>,
     ) -> Result<(), sqlx::Error> {
-        let status = status.as_str();
-        sqlx::query(
-            "UPDATE jobs SET status = ?, stage = ?, finished_at = ?, result = ?, error_code = ?, error_message = ?,
-                progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END
-             WHERE id = ?",
-        )
-        .bind(status)
-        .bind(status)
-        .bind(super::now())
-        .bind(result.map(Value::to_string))
-        .bind(error.map(|e| e.0.as_str()))
-        .bind(error.map(|e| e.1))
-        .bind(status)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let sql = "UPDATE jobs SET status = $1, stage = $1, finished_at = $2, result = $3, error_code = $4,
+                       error_message = $5, progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE progress END
+                   WHERE id = $6";
+        let (now, result) = (super::now(), result.map(Value::to_string));
+        on_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(status.as_str())
+                .bind(&now)
+                .bind(&result)
+                .bind(error.map(|e| e.0.as_str()))
+                .bind(error.map(|e| e.1))
+                .bind(id)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Cancels a queued job at once; returns whether it was queued.
     pub async fn cancel_queued_job(&self, id: &str) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'canceled', stage = 'canceled', finished_at = ? WHERE id = ? AND status = 'queued'",
-        )
-        .bind(super::now())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let sql = "UPDATE jobs SET status = 'canceled', stage = 'canceled', finished_at = $1
+                   WHERE id = $2 AND status = 'queued'";
+        let now = super::now();
+        let done = on_pool!(self, pool => sqlx::query(sql).bind(&now).bind(id).execute(pool).await?.rows_affected());
+        Ok(done == 1)
     }
 
     /// At start-up: jobs left running by a stopped process. Those of the
@@ -307,19 +311,17 @@ impl Db {
     /// again (they resume from their checkpoints); the others are failed with
     /// a reason. Returns the failed jobs and the requeued ones.
     pub async fn recover_interrupted_jobs(&self, max_attempts: i64) -> Result<(Vec<Job>, Vec<Job>), sqlx::Error> {
-        let running: Vec<Job> = sqlx::query("SELECT * FROM jobs WHERE status = 'running'")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(from_row)
-            .collect::<Result<_, _>>()?;
+        let running: Vec<Job> = on_pool!(self, pool => {
+            let rows = sqlx::query("SELECT * FROM jobs WHERE status = 'running'").fetch_all(pool).await?;
+            rows.iter().map(from_row).collect::<Result<_, _>>()?
+        });
         let (mut failed, mut requeued) = (Vec::new(), Vec::new());
         for job in running {
             if job.kind.is_resumable() && job.attempts < max_attempts {
-                sqlx::query("UPDATE jobs SET status = 'queued', stage = 'resuming' WHERE id = ?")
-                    .bind(&job.id)
-                    .execute(&self.pool)
-                    .await?;
+                let sql = "UPDATE jobs SET status = 'queued', stage = 'resuming' WHERE id = $1";
+                on_pool!(self, pool => {
+                    sqlx::query(sql).bind(&job.id).execute(pool).await?;
+                });
                 requeued.push(job);
             } else {
                 let message = if job.kind.is_resumable() {
@@ -330,16 +332,18 @@ impl Db {
                 } else {
                     "the server stopped while this job was running; resuming is not supported for this kind".to_owned()
                 };
-                sqlx::query(
-                    "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = ?, error_code = ?,
-                        error_message = ? WHERE id = ?",
-                )
-                .bind(super::now())
-                .bind(ErrorCode::Interrupted.as_str())
-                .bind(message)
-                .bind(&job.id)
-                .execute(&self.pool)
-                .await?;
+                let sql = "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = $1, error_code = $2,
+                               error_message = $3 WHERE id = $4";
+                let now = super::now();
+                on_pool!(self, pool => {
+                    sqlx::query(sql)
+                        .bind(&now)
+                        .bind(ErrorCode::Interrupted.as_str())
+                        .bind(&message)
+                        .bind(&job.id)
+                        .execute(pool)
+                        .await?;
+                });
                 failed.push(job);
             }
         }
@@ -348,16 +352,13 @@ impl Db {
 
     /// Queued jobs of a dataset that is being deleted are canceled.
     pub async fn cancel_dataset_jobs(&self, dataset: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE jobs SET status = 'canceled', stage = 'canceled', finished_at = ?,
-                error_code = ?, error_message = 'the dataset was deleted'
-             WHERE dataset = ? AND status = 'queued'",
-        )
-        .bind(super::now())
-        .bind(ErrorCode::DatasetDeleted.as_str())
-        .bind(dataset)
-        .execute(&self.pool)
-        .await?;
+        let sql = "UPDATE jobs SET status = 'canceled', stage = 'canceled', finished_at = $1,
+                       error_code = $2, error_message = 'the dataset was deleted'
+                   WHERE dataset = $3 AND status = 'queued'";
+        let now = super::now();
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(&now).bind(ErrorCode::DatasetDeleted.as_str()).bind(dataset).execute(pool).await?;
+        });
         Ok(())
     }
 }

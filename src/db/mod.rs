@@ -1,7 +1,17 @@
-//! The database: sqlx queries, one file per table, over the schema in `migrations/`.
+//! The database: sqlx queries, one file per table, over SQLite (the embedded default) or
+//! PostgreSQL, each with its own schema under `migrations/{sqlite,postgres}/`.
 //!
-//! A `Db` is a cheap clone of a connection pool, shared by handlers and jobs.
-//! SQLite runs in WAL mode so readers never wait for the ingest writer.
+//! A `Db` is a cheap clone of a connection pool, shared by handlers and jobs. Every query is
+//! written once with numbered placeholders (`$1`, which SQLite binds by number too) and runs on
+//! whichever pool the URL chose ([`on_pool!`]); the two that must lock rows on PostgreSQL, where
+//! several processes share the database, have a PostgreSQL form of their own. SQLite runs in WAL
+//! mode so readers never wait for the ingest writer.
+//!
+//! The schemas keep what the API shows identical on both: timestamps and JSON are text,
+//! text sorts by code point (`COLLATE "C"` on PostgreSQL, SQLite's `BINARY`). One difference
+//! remains: a PostgreSQL identity skips the values of rolled-back or conflicting inserts, so
+//! item `seq`s there can have gaps (they stay unique and increasing, which is all the index
+//! needs).
 
 pub mod datasets;
 pub mod items;
@@ -12,33 +22,144 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Postgres, SqlitePool};
+
+use crate::config::redact_url;
+
+/// Connections per process, on either engine.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// Which engine a [`Db`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
 
 #[derive(Clone)]
 pub struct Db {
-    pub pool: SqlitePool,
+    pool: Pool,
 }
 
+/// Runs `$body` with `$pool` bound to the concrete pool of `$db` (one arm per engine, so the
+/// same query text compiles against each driver's types).
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match &$db.pool {
+            $crate::db::Pool::Sqlite($pool) => $body,
+            $crate::db::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
 impl Db {
-    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    /// Opens the database at `url` and applies pending migrations: a `sqlite:` URL (the file is
+    /// created if missing) or a `postgres://` / `postgresql://` one (the database is created if
+    /// the server lacks it).
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("invalid database url {url:?}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open database {url:?}"))?;
-        sqlx::migrate!("./migrations").run(&pool).await.context("database migration failed")?;
-        Ok(Self { pool })
+        let shown = redact_url(url);
+        match Self::backend_of(url)? {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .with_context(|| format!("invalid database url {shown:?}"))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("cannot open database {shown:?}"))?;
+                sqlx::migrate!("./migrations/sqlite").run(&pool).await.context("database migration failed")?;
+                Ok(Self { pool: Pool::Sqlite(pool) })
+            }
+            Backend::Postgres => {
+                let options =
+                    PgConnectOptions::from_str(url).with_context(|| format!("invalid database url {shown:?}"))?;
+                if !Postgres::database_exists(url).await.with_context(|| format!("cannot reach {shown:?}"))? {
+                    Postgres::create_database(url).await.with_context(|| format!("cannot create {shown:?}"))?;
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("cannot open database {shown:?}"))?;
+                // The migrator holds an advisory lock: processes starting together migrate once.
+                sqlx::migrate!("./migrations/postgres").run(&pool).await.context("database migration failed")?;
+                Ok(Self { pool: Pool::Postgres(pool) })
+            }
+        }
+    }
+
+    /// The engine a database URL names; anything but SQLite and PostgreSQL is an error.
+    pub fn backend_of(url: &str) -> anyhow::Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            anyhow::bail!("database.url {:?}: use a sqlite: URL or a postgres:// (postgresql://) one", redact_url(url))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes every connection, waiting for those in use.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
     }
 }
+
+/// The column reads the table modules need, on either engine's rows.
+pub(crate) trait DbRow {
+    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
+    fn float(&self, column: &str) -> Result<f64, sqlx::Error>;
+    fn flag(&self, column: &str) -> Result<bool, sqlx::Error>;
+}
+
+macro_rules! db_row {
+    ($row:ty) => {
+        impl DbRow for $row {
+            fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn float(&self, column: &str) -> Result<f64, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+        }
+    };
+}
+db_row!(SqliteRow);
+db_row!(PgRow);
 
 /// Now, as the RFC 3339 text stored in the database and shown by the API.
 pub fn now() -> String {

@@ -6,9 +6,8 @@
 //! `activate` changes both in one transaction.
 
 use serde::Serialize;
-use sqlx::Row;
 
-use super::Db;
+use super::{Db, DbRow, on_pool};
 use crate::train::retrieval::Metrics;
 
 /// A model generation as `GET /datasets/{name}/models` shows it, plus what
@@ -42,21 +41,21 @@ impl ModelRecord {
     }
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ModelRecord, sqlx::Error> {
-    let eval: Option<String> = row.try_get("eval")?;
-    let eval = eval
+fn from_row(row: &impl DbRow) -> Result<ModelRecord, sqlx::Error> {
+    let eval = row
+        .opt_text("eval")?
         .map(|text| serde_json::from_str::<Metrics>(&text))
         .transpose()
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     Ok(ModelRecord {
-        id: row.try_get("id")?,
-        parent: row.try_get("parent")?,
-        created_at: row.try_get("created_at")?,
-        active: row.try_get::<i64, _>("active")? != 0,
+        id: row.text("id")?,
+        parent: row.opt_text("parent")?,
+        created_at: row.text("created_at")?,
+        active: row.flag("active")?,
         eval,
-        backbone: row.try_get("backbone")?,
-        dim: row.try_get("dim")?,
-        job: row.try_get("job")?,
+        backbone: row.text("backbone")?,
+        dim: row.int("dim")?,
+        job: row.opt_text("job")?,
     })
 }
 
@@ -70,105 +69,107 @@ pub struct NewModel<'a> {
     pub job: Option<&'a str>,
 }
 
+/// Makes `$id` the active model of `$dataset` (and `datasets.model`) inside the transaction
+/// `$tx`, on either engine.
+macro_rules! set_active {
+    ($tx:expr, $dataset:expr, $id:expr) => {{
+        sqlx::query("UPDATE models SET active = (id = $1) WHERE dataset = $2")
+            .bind($id)
+            .bind($dataset)
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query("UPDATE datasets SET model = $1 WHERE name = $2")
+            .bind($id)
+            .bind($dataset)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
 impl Db {
     /// Records the pretrained backbone as a model of `dataset` if it is not
     /// yet, and makes it active when the dataset has no active model.
     pub async fn ensure_pretrained_model(&self, dataset: &str, backbone: &str, dim: usize) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO models (dataset, id, parent, created_at, active, eval, backbone, dim, job)
-             VALUES (?, ?, NULL, ?, 0, NULL, ?, ?, NULL) ON CONFLICT (dataset, id) DO NOTHING",
-        )
-        .bind(dataset)
-        .bind(backbone)
-        .bind(super::now())
-        .bind(backbone)
-        .bind(dim as i64)
-        .execute(&mut *tx)
-        .await?;
-        let active: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM models WHERE dataset = ? AND active = 1")
-            .bind(dataset)
-            .fetch_one(&mut *tx)
-            .await?;
-        if active == 0 {
-            set_active(&mut tx, dataset, backbone).await?;
-        }
-        tx.commit().await
+        let insert = "INSERT INTO models (dataset, id, parent, created_at, active, eval, backbone, dim, job)
+                      VALUES ($1, $2, NULL, $3, FALSE, NULL, $2, $4, NULL) ON CONFLICT (dataset, id) DO NOTHING";
+        let count = "SELECT COUNT(*) FROM models WHERE dataset = $1 AND active = TRUE";
+        let now = super::now();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(insert).bind(dataset).bind(backbone).bind(&now).bind(dim as i64).execute(&mut *tx).await?;
+            let active: i64 = sqlx::query_scalar(count).bind(dataset).fetch_one(&mut *tx).await?;
+            if active == 0 {
+                set_active!(tx, dataset, backbone);
+            }
+            tx.commit().await
+        })
     }
 
     /// Records a trained model (inactive).
     pub async fn insert_model(&self, dataset: &str, model: &NewModel<'_>) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO models (dataset, id, parent, created_at, active, eval, backbone, dim, job)
+                   VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, $8)";
         let eval = model.eval.map(|m| serde_json::to_string(m).unwrap_or_default());
-        sqlx::query(
-            "INSERT INTO models (dataset, id, parent, created_at, active, eval, backbone, dim, job)
-             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
-        )
-        .bind(dataset)
-        .bind(model.id)
-        .bind(model.parent)
-        .bind(super::now())
-        .bind(eval)
-        .bind(model.backbone)
-        .bind(model.dim as i64)
-        .bind(model.job)
-        .execute(&self.pool)
-        .await?;
+        let now = super::now();
+        on_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(dataset)
+                .bind(model.id)
+                .bind(model.parent)
+                .bind(&now)
+                .bind(&eval)
+                .bind(model.backbone)
+                .bind(model.dim as i64)
+                .bind(model.job)
+                .execute(pool)
+                .await?;
+        });
         Ok(())
     }
 
     /// Stores the held-out metrics a model scored (the pretrained model's
     /// are learnt by the first finetune job that measures them).
     pub async fn set_model_eval(&self, dataset: &str, id: &str, eval: &Metrics) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE models SET eval = ? WHERE dataset = ? AND id = ? AND eval IS NULL")
-            .bind(serde_json::to_string(eval).unwrap_or_default())
-            .bind(dataset)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let sql = "UPDATE models SET eval = $1 WHERE dataset = $2 AND id = $3 AND eval IS NULL";
+        let eval = serde_json::to_string(eval).unwrap_or_default();
+        on_pool!(self, pool => {
+            sqlx::query(sql).bind(&eval).bind(dataset).bind(id).execute(pool).await?;
+        });
         Ok(())
     }
 
     /// A dataset's models, oldest first.
     pub async fn list_models(&self, dataset: &str) -> Result<Vec<ModelRecord>, sqlx::Error> {
-        let rows = sqlx::query("SELECT * FROM models WHERE dataset = ? ORDER BY created_at, rowid")
-            .bind(dataset)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(from_row).collect()
+        let sql = "SELECT * FROM models WHERE dataset = $1 ORDER BY created_at, rowid";
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sql).bind(dataset).fetch_all(pool).await?;
+            rows.iter().map(from_row).collect()
+        })
     }
 
     pub async fn get_model(&self, dataset: &str, id: &str) -> Result<Option<ModelRecord>, sqlx::Error> {
-        let row = sqlx::query("SELECT * FROM models WHERE dataset = ? AND id = ?")
-            .bind(dataset)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(from_row).transpose()
+        let sql = "SELECT * FROM models WHERE dataset = $1 AND id = $2";
+        on_pool!(self, pool => {
+            let row = sqlx::query(sql).bind(dataset).bind(id).fetch_optional(pool).await?;
+            row.as_ref().map(from_row).transpose()
+        })
     }
 
     /// The dataset's active model, if it has one.
     pub async fn active_model(&self, dataset: &str) -> Result<Option<ModelRecord>, sqlx::Error> {
-        let row = sqlx::query("SELECT * FROM models WHERE dataset = ? AND active = 1")
-            .bind(dataset)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(from_row).transpose()
+        let sql = "SELECT * FROM models WHERE dataset = $1 AND active = TRUE";
+        on_pool!(self, pool => {
+            let row = sqlx::query(sql).bind(dataset).fetch_optional(pool).await?;
+            row.as_ref().map(from_row).transpose()
+        })
     }
 
     /// Makes `id` the dataset's active model (and `datasets.model`), atomically.
     pub async fn activate_model(&self, dataset: &str, id: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        set_active(&mut tx, dataset, id).await?;
-        tx.commit().await
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            set_active!(tx, dataset, id);
+            tx.commit().await
+        })
     }
-}
-
-async fn set_active(tx: &mut sqlx::SqliteConnection, dataset: &str, id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE models SET active = (id = ?) WHERE dataset = ?")
-        .bind(id)
-        .bind(dataset)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE datasets SET model = ? WHERE name = ?").bind(id).bind(dataset).execute(&mut *tx).await?;
-    Ok(())
 }

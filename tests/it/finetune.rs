@@ -491,7 +491,7 @@ async fn a_finetune_job_interrupted_by_a_stop_is_resumed() {
             .expect("job");
         let job = db.start_next_job().await.expect("start").expect("a queued job");
         assert_eq!((job.status.as_str(), job.attempts), ("running", 1));
-        db.pool.close().await;
+        db.close().await;
     }
     let (server, client) = support::start(settings).await;
     let job = client.wait_job("ft-job-1").await;

@@ -18,7 +18,7 @@ async fn a_job_running_at_a_stop_is_failed_with_a_reason() {
         db.insert_job("job-1", JobKind::Ingest, "half", &json!({"archive": "gone.upload"})).await.expect("job");
         let job = db.start_next_job().await.expect("start").expect("a queued job");
         assert_eq!(job.status, JobStatus::Running);
-        db.pool.close().await;
+        db.close().await;
     }
     let (server, client) = support::start(settings).await;
     let (status, job) = client.get("/jobs/job-1").await;

@@ -3,6 +3,7 @@
 mod archive;
 mod bad_input;
 mod cli_https;
+mod db;
 mod embedder;
 mod fashion_e2e;
 mod finetune;

@@ -35,16 +35,34 @@ pub fn weights() -> &'static Path {
     })
 }
 
-/// Settings for a test server: its own data dir, a free port, the real weights.
+/// Settings for a test server: its own data dir, a free port, the real weights; its own
+/// PostgreSQL database when the suite runs on PostgreSQL ([`database_url`]).
 pub fn settings(data_dir: &Path) -> Settings {
     let mut settings = Settings::load(None).expect("default settings");
     settings.data_dir = data_dir.to_path_buf();
+    if let Some(url) = database_url(data_dir) {
+        settings.database.url = url;
+    }
     settings.server.addr = "127.0.0.1:0".parse().expect("addr");
     settings.model.weights = weights().display().to_string();
     settings.model.fetch_if_missing = false;
     settings.model.input_size = TEST_INPUT_SIZE;
     settings.index.save_interval_s = 3600;
     settings
+}
+
+/// With `LOOKALIKE_TEST_PG_URL` set (`postgres://user@host:port/db`, as `scripts/test.sh` sets
+/// it after starting a throwaway cluster), the suite runs on PostgreSQL: each data dir gets a
+/// database of its own on that server, named after the dir (the server creates it at start;
+/// a restart within a test finds it again). Unset, the SQLite file in the data dir.
+pub fn database_url(data_dir: &Path) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let base = std::env::var("LOOKALIKE_TEST_PG_URL").ok().filter(|url| !url.is_empty())?;
+    let (server, _) = base.rsplit_once('/').expect("LOOKALIKE_TEST_PG_URL is postgres://user@host:port/db");
+    // DefaultHasher::new() has fixed keys: the same dir gives the same name.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    Some(format!("{server}/lk_{:016x}", hasher.finish()))
 }
 
 pub async fn start(settings: Settings) -> (Server, Client) {
