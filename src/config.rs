@@ -191,19 +191,12 @@ impl Settings {
     }
 }
 
-/// A URL with its password replaced, fit for logs and errors.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::db::redact_url;
     use crate::train::params::{FinetuneParams, MiningMode};
 
     #[test]
@@ -257,6 +250,20 @@ mod tests {
 
     fn defaults() -> FinetuneParams {
         Settings::load(None).expect("embedded defaults load").finetune
+    }
+
+    #[test]
+    fn the_time_budget_is_the_floor_up_to_10k_items_and_grows_in_proportion_above() {
+        let params = FinetuneParams { training_seconds_per_10k_items: Some(450.0), ..defaults() };
+        assert_eq!(params.max_training_seconds(100), Some(450.0));
+        assert_eq!(params.max_training_seconds(10_000), Some(450.0));
+        assert_eq!(params.max_training_seconds(60_000), Some(2700.0));
+        let unlimited = FinetuneParams { training_seconds_per_10k_items: None, ..defaults() };
+        assert_eq!(unlimited.max_training_seconds(60_000), None);
+        let err = FinetuneParams::resolve(&params, &serde_json::json!({"training_seconds_per_10k_items": -1}));
+        assert!(err.unwrap_err().contains("params.training_seconds_per_10k_items must be"));
+        let lifted = FinetuneParams::resolve(&params, &serde_json::json!({"training_seconds_per_10k_items": null}));
+        assert_eq!(lifted.expect("null lifts the limit").training_seconds_per_10k_items, None);
     }
 
     /// The `[finetune]` section is what a finetune job starts from.

@@ -27,8 +27,6 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Postgres, SqlitePool};
 
-use crate::config::redact_url;
-
 /// Connections per process, on either engine.
 const MAX_CONNECTIONS: u32 = 8;
 
@@ -160,6 +158,14 @@ macro_rules! db_row {
 }
 db_row!(SqliteRow);
 db_row!(PgRow);
+
+/// A URL with its password replaced, fit for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
 
 /// Now, as the RFC 3339 text stored in the database and shown by the API.
 pub fn now() -> String {

@@ -257,24 +257,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_time_budget_is_the_floor_up_to_10k_items_and_grows_in_proportion_above() {
-        let params = FinetuneParams { training_seconds_per_10k_items: Some(450.0), ..defaults() };
-        assert_eq!(params.max_training_seconds(100), Some(450.0));
-        assert_eq!(params.max_training_seconds(10_000), Some(450.0));
-        assert_eq!(params.max_training_seconds(60_000), Some(2700.0));
-        let unlimited = FinetuneParams { training_seconds_per_10k_items: None, ..defaults() };
-        assert_eq!(unlimited.max_training_seconds(60_000), None);
-        let err = FinetuneParams::resolve(&params, &serde_json::json!({"training_seconds_per_10k_items": -1}));
-        assert!(err.unwrap_err().contains("params.training_seconds_per_10k_items must be"));
-        let lifted = FinetuneParams::resolve(&params, &serde_json::json!({"training_seconds_per_10k_items": null}));
-        assert_eq!(lifted.expect("null lifts the limit").training_seconds_per_10k_items, None);
-    }
-
-    fn defaults() -> FinetuneParams {
-        crate::config::Settings::load(None).expect("embedded defaults").finetune
-    }
-
-    #[test]
     fn trainable_needs_two_labels_of_three() {
         assert!(check_trainable([3, 3]).is_ok());
         assert!(check_trainable([10, 2, 3]).is_ok());
