@@ -148,7 +148,7 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
     let evaluation = evaluating(&run, &mut report, &catalogue, &mined, &trained)?;
     timed("evaluating", stage);
     let labels = catalogue.label_names.len();
-    let catalogue_items = catalogue.records.len();
+    let train_params = training::train_params(&run, &catalogue, &mined);
     if evaluation.decision.promoted {
         let stage = Instant::now();
         promoting(&run, &mut report, catalogue, &evaluation.model)?;
@@ -179,14 +179,10 @@ pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> Jo
         training: TrainingSummary {
             trainable_blocks: run.params.trainable_blocks,
             steps: trained.head.steps,
-            planned_steps: crate::train::planned_steps(
-                &mined.train_labels,
-                &run.params
-                    .train_params(run.state.embedder.model().dim, run.params.batch_classes.min(mined.batch_labels)),
-            ),
-            max_training_seconds: run.params.max_training_seconds(catalogue_items),
+            planned_steps: crate::train::planned_steps(&mined.train_labels, &train_params),
+            max_training_seconds: train_params.max_seconds,
             final_loss: trained.head.final_loss,
-            batch_classes: run.params.batch_classes.min(mined.batch_labels),
+            batch_classes: train_params.batch_classes,
             batch_per_class: run.params.batch_per_class,
             train_items: mined.split.train.len(),
             labels,

@@ -28,11 +28,7 @@ pub(super) fn run(
     mined: &Mined,
 ) -> Result<Trained, JobFailure> {
     let params = &run.params;
-    let batch_classes = params.batch_classes.min(mined.batch_labels);
-    let train_params = TrainParams {
-        max_seconds: params.max_training_seconds(catalogue.records.len()),
-        ..params.train_params(run.state.embedder.model().dim, batch_classes)
-    };
+    let train_params = train_params(run, catalogue, mined);
     let checkpoint = Checkpoint::new(&run.artifacts, &catalogue.records, params);
     let trained = match checkpoint.load() {
         Some(trained) => {
@@ -48,6 +44,16 @@ pub(super) fn run(
     let title = format!("{}: triplet loss, {} mining", run.job.dataset, mining_name(params.mining));
     run.write_artifact("loss-curve.png", &crate::train::plot::loss_curve_png(&trained.head.losses, &title)?)?;
     Ok(trained)
+}
+
+/// The trainer's params of this job: its own, P lowered to the labels a batch can draw, and the
+/// time budget of its catalogue's size.
+pub(super) fn train_params(run: &Run, catalogue: &Catalogue, mined: &Mined) -> TrainParams {
+    let params = &run.params;
+    TrainParams {
+        max_seconds: params.max_training_seconds(catalogue.records.len()),
+        ..params.train_params(run.state.embedder.model().dim, params.batch_classes.min(mined.batch_labels))
+    }
 }
 
 /// Runs the trainer, reporting each step (throttled) and stopping on cancel.
