@@ -53,6 +53,34 @@ pub struct IndexSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerSettings {
     pub addr: SocketAddr,
+    /// What this process does (`serve --role` overrides it).
+    pub role: Role,
+    /// This process's name in the jobs table; empty: the host's name (see [`Settings::instance`]).
+    pub instance: String,
+}
+
+/// What a `serve` process does. Every role keeps the datasets' serving state in step with the
+/// database; only a process that runs jobs takes them from the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, strum::Display)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Role {
+    /// Serve the API and run jobs: one process does everything (the default).
+    All,
+    /// Serve the API; run no jobs (replicas behind a load balancer).
+    Api,
+    /// Run jobs; HTTP answers only `/healthz`, `/readyz` and `/metrics`.
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Self::All | Self::Api)
+    }
+
+    pub fn runs_jobs(self) -> bool {
+        matches!(self, Self::All | Self::Worker)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +141,11 @@ pub struct Limits {
 pub struct JobSettings {
     pub ingest_chunk: usize,
     pub max_attempts: i64,
+    /// How often (s) a worker renews its lease on the job it runs.
+    pub heartbeat_s: u64,
+    /// A running job whose heartbeat is older than this (s) has lost its worker: it is taken
+    /// back and resumed or failed.
+    pub lease_s: u64,
 }
 
 #[derive(Clone, Deserialize)]
@@ -157,6 +190,14 @@ impl Settings {
         anyhow::ensure!(self.embedder.max_forward_pixels != Some(0), "embedder.max_forward_pixels must be at least 1");
         anyhow::ensure!(self.jobs.ingest_chunk >= 1, "jobs.ingest_chunk must be at least 1");
         anyhow::ensure!(self.limits.max_k >= 1, "limits.max_k must be at least 1");
+        anyhow::ensure!(self.jobs.heartbeat_s >= 1, "jobs.heartbeat_s must be at least 1");
+        anyhow::ensure!(
+            self.jobs.lease_s >= 3 * self.jobs.heartbeat_s,
+            "jobs.lease_s ({}) must be at least three heartbeats (jobs.heartbeat_s = {}), so that a slow \
+             heartbeat does not lose a live worker its job",
+            self.jobs.lease_s,
+            self.jobs.heartbeat_s
+        );
         if !self.database.url.is_empty() {
             crate::db::Db::backend_of(&self.database.url)?;
         }
@@ -180,6 +221,20 @@ impl Settings {
         } else {
             (PathBuf::from(&self.model.weights), false)
         }
+    }
+
+    /// This process's name among the workers sharing the database: `server.instance`, or the
+    /// host's name (stable across restarts, so a restarted worker takes back its own jobs at
+    /// once; give each process on one host its own `server.instance`).
+    pub fn instance(&self) -> String {
+        if !self.server.instance.is_empty() {
+            return self.server.instance.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::env::var("COMPUTERNAME").ok());
+        host.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).unwrap_or_else(|| "lookalike".to_owned())
     }
 
     pub fn admin_keys(&self) -> Vec<String> {

@@ -136,7 +136,8 @@ pub enum ErrorCode {
     TrainingDiverged,
     /// A new generation failed its check before going into service; the old one serves on.
     GenerationCheckFailed,
-    /// The server stopped while the job ran, and the job was not resumed.
+    /// The worker running the job stopped (a restart, a crash, a lost lease), and the job was not
+    /// resumed.
     Interrupted,
     /// The job's dataset was deleted before the job ran.
     DatasetDeleted,

@@ -13,7 +13,6 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
-use crate::db::Db;
 use crate::db::datasets::{STATUS_FAILED, STATUS_INGESTING};
 use crate::db::jobs::{JobFilter, JobKind, JobStatus};
 use crate::generation::DatasetState;
@@ -36,8 +35,12 @@ impl Server {
         if settings.admin_keys().is_empty() && settings.read_keys().is_empty() {
             tracing::warn!("no API keys configured: the server is open to anyone who can reach {addr}");
         }
+        let role = settings.server.role;
         let state = AppState::open(settings).await?;
-        recover_interrupted_jobs(&state.db, state.settings.jobs.max_attempts).await?;
+        tracing::info!(%role, instance = %state.instance, database = ?state.db.backend(), "starting");
+        if role.runs_jobs() {
+            crate::jobs::reclaim_jobs(&state, true).await?;
+        }
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "listening");
@@ -56,8 +59,19 @@ impl Server {
                 tracing::error!(error = %format!("{err:#}"), "loading datasets failed; the server stays unready");
                 return;
             }
-            crate::jobs::run_scheduler(loader).await;
+            if role.runs_jobs() {
+                crate::jobs::run_scheduler(loader).await;
+            }
         });
+        let mut background = vec![startup];
+        if role.runs_jobs() {
+            // Jobs queued through other processes wake this scheduler at once (PostgreSQL).
+            let listener = state.clone();
+            background.push(tokio::spawn(async move {
+                let db = listener.db.clone();
+                db.listen(crate::db::Channel::Jobs, |_| listener.jobs.notify()).await;
+            }));
+        }
         let saver_state = state.clone();
         let interval = Duration::from_secs(state.settings.index.save_interval_s.max(1));
         let saver = tokio::spawn(async move {
@@ -67,7 +81,8 @@ impl Server {
                 let _ = tokio::task::spawn_blocking(move || state.save_dirty_indexes()).await;
             }
         });
-        Ok(Self { addr, state, shutdown: Some(shutdown), serving, background: vec![startup, saver] })
+        background.push(saver);
+        Ok(Self { addr, state, shutdown: Some(shutdown), serving, background })
     }
 
     /// Waits until `/readyz` would answer 200 (or `timeout` passes).
@@ -100,22 +115,6 @@ impl Server {
         tracing::info!("shutting down");
         self.stop().await
     }
-}
-
-/// Jobs a stopped process left running: resumable ones are queued again, the others failed
-/// (and an ingest's dataset marked failed).
-async fn recover_interrupted_jobs(db: &Db, max_attempts: i64) -> anyhow::Result<()> {
-    let (failed, requeued) = db.recover_interrupted_jobs(max_attempts).await?;
-    for job in failed {
-        tracing::warn!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job interrupted by a restart: failed");
-        if job.kind == JobKind::Ingest {
-            db.set_dataset_status(&job.dataset, STATUS_FAILED).await?;
-        }
-    }
-    for job in requeued {
-        tracing::warn!(job = %job.id, kind = %job.kind, dataset = %job.dataset, "job interrupted by a restart: resumed");
-    }
-    Ok(())
 }
 
 /// The model a dataset should serve with: its active one, or the
@@ -156,14 +155,12 @@ pub async fn restore_datasets(state: &AppState) -> anyhow::Result<()> {
         let name = dataset.name.clone();
         let loaded = tokio::task::spawn_blocking(move || restore_dataset(&restoring, &name, model, &items)).await??;
         if dataset.status == STATUS_INGESTING {
-            // No job runs yet: one left running was failed by `recover_interrupted_jobs`. Still
-            // ingesting without a queued job means the process stopped between
-            // creating the dataset and queueing its job.
-            let queued = state
-                .db
-                .list_jobs(&JobFilter { dataset: Some(&dataset.name), status: Some(JobStatus::Queued), kind: None }, 1)
-                .await?;
-            if queued.is_empty() {
+            // Still ingesting with no ingest job queued or running (here: one this process left
+            // running was failed by `reclaim_jobs`; elsewhere: another worker's) means the
+            // process that made the dataset stopped between creating it and queueing its job.
+            let filter = JobFilter { dataset: Some(&dataset.name), status: None, kind: Some(JobKind::Ingest) };
+            let jobs = state.db.list_jobs(&filter, 100).await?;
+            if !jobs.iter().any(|j| matches!(j.status, JobStatus::Queued | JobStatus::Running)) {
                 state.db.set_dataset_status(&dataset.name, STATUS_FAILED).await?;
             }
         }

@@ -35,6 +35,8 @@ pub struct Inner {
     pub device: candle_core::Device,
     pub jobs: RunningJobs,
     pub metrics: Metrics,
+    /// This process's name among the workers sharing the database ([`Settings::instance`]).
+    pub instance: String,
     datasets: RwLock<HashMap<String, Arc<DatasetState>>>,
     ready: AtomicBool,
 }
@@ -79,6 +81,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             jobs: RunningJobs::default(),
             metrics: Metrics::default(),
+            instance: settings.instance(),
             settings,
             db,
             blobs,

@@ -47,6 +47,10 @@ enum Command {
         /// Where the model runs: auto, cpu, cuda or cuda:N (overrides the `model.device` setting).
         #[arg(long)]
         device: Option<crate::device::DeviceChoice>,
+        /// What this process does: all (serve the API and run jobs), api (serve, run no jobs),
+        /// worker (run jobs) (overrides the `server.role` setting).
+        #[arg(long, value_enum)]
+        role: Option<crate::config::Role>,
     },
     /// Exit 0 when a running server's `/readyz` answers 200, else non-zero with the reason
     /// (for a container's HEALTHCHECK).
@@ -174,8 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     crate::telemetry::logging::init(settings.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve { device } => runtime.block_on(async {
+        Command::Serve { device, role } => runtime.block_on(async {
             settings.model.device = device.unwrap_or(settings.model.device);
+            settings.server.role = role.unwrap_or(settings.server.role);
             let server = crate::server::Server::start(settings).await?;
             server.run_until_signal().await
         }),

@@ -46,6 +46,9 @@ pub struct Job {
     /// and reindex jobs are, up to `jobs.max_attempts`).
     #[schema(minimum = 0)]
     pub attempts: i64,
+    /// The `server.instance` name of the worker process running the job, or that ran it last;
+    /// `null` while it waits in the queue.
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -137,7 +140,7 @@ fn parse_column<T: std::str::FromStr>(row: &impl DbRow, column: &str) -> Result<
     text.parse().map_err(|_| sqlx::Error::Decode(format!("unknown {column} {text:?} in the jobs table").into()))
 }
 
-fn from_row(row: &impl DbRow) -> Result<Job, sqlx::Error> {
+pub(super) fn from_row(row: &impl DbRow) -> Result<Job, sqlx::Error> {
     let json = |column: &str| -> Result<Option<Value>, sqlx::Error> {
         let text = row.opt_text(column)?;
         text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e)))).transpose()
@@ -161,6 +164,7 @@ fn from_row(row: &impl DbRow) -> Result<Job, sqlx::Error> {
         artifacts,
         detail: json("detail")?,
         attempts: row.int("attempts")?,
+        worker: row.opt_text("worker")?,
     })
 }
 
@@ -176,7 +180,10 @@ impl Db {
         on_pool!(self, pool => {
             sqlx::query(sql).bind(id).bind(kind.as_str()).bind(dataset).bind(&now).bind(&params).execute(pool).await?;
         });
-        self.get_job(id).await?.ok_or(sqlx::Error::RowNotFound)
+        // Read back before the workers are told: the caller answers with the job as queued.
+        let job = self.get_job(id).await?.ok_or(sqlx::Error::RowNotFound)?;
+        self.notify(super::Channel::Jobs, id).await?;
+        Ok(job)
     }
 
     pub async fn get_job(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
@@ -203,21 +210,22 @@ impl Db {
         })
     }
 
-    /// The oldest queued job, marked running; `None` when none is queued. Safe to call from
-    /// several processes at once on PostgreSQL (each takes a different job).
-    pub async fn start_next_job(&self) -> Result<Option<Job>, sqlx::Error> {
+    /// The oldest queued job, marked running by `worker` with a fresh heartbeat (its lease);
+    /// `None` when none is queued. Safe to call from several processes at once on PostgreSQL
+    /// (each takes a different job).
+    pub async fn start_next_job(&self, worker: &str) -> Result<Option<Job>, sqlx::Error> {
         let lock = match self.pool {
             Pool::Sqlite(_) => "",
             Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         };
         let sql = format!(
             "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, $1), stage = 'starting',
-                attempts = attempts + 1
+                attempts = attempts + 1, worker = $2, heartbeat_at = $1, cancel_requested = FALSE
              WHERE id = ({NEXT_QUEUED}{lock}) RETURNING *"
         );
         let now = super::now();
         on_pool!(self, pool => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now).fetch_optional(pool).await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now).bind(worker).fetch_optional(pool).await?;
             row.as_ref().map(from_row).transpose()
         })
     }
@@ -271,19 +279,22 @@ impl Db {
         })
     }
 
-    /// Ends a job: `status` is succeeded, failed or canceled.
+    /// Ends a job that `worker` runs: `status` is succeeded, failed or canceled. Returns
+    /// false, recording nothing, when the job is no longer running on `worker` (its lease was
+    /// lost: another worker took it back).
     pub async fn finish_job(
         &self,
         id: &str,
+        worker: &str,
         status: JobStatus,
         result: Option<&Value>,
         error: Option<(ErrorCode, &str)>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let sql = "UPDATE jobs SET status = $1, stage = $1, finished_at = $2, result = $3, error_code = $4,
                        error_message = $5, progress = CASE WHEN $1 = 'succeeded' THEN 1.0 ELSE progress END
-                   WHERE id = $6";
+                   WHERE id = $6 AND worker = $7 AND status = 'running'";
         let (now, result) = (super::now(), result.map(Value::to_string));
-        on_pool!(self, pool => {
+        let done = on_pool!(self, pool => {
             sqlx::query(sql)
                 .bind(status.as_str())
                 .bind(&now)
@@ -291,10 +302,12 @@ impl Db {
                 .bind(error.map(|e| e.0.as_str()))
                 .bind(error.map(|e| e.1))
                 .bind(id)
+                .bind(worker)
                 .execute(pool)
-                .await?;
+                .await?
+                .rows_affected()
         });
-        Ok(())
+        Ok(done == 1)
     }
 
     /// Cancels a queued job at once; returns whether it was queued.
@@ -306,58 +319,17 @@ impl Db {
         Ok(done == 1)
     }
 
-    /// At start-up: jobs left running by a stopped process. Those of the
-    /// `resumable` kinds started fewer than `max_attempts` times are queued
-    /// again (they resume from their checkpoints); the others are failed with
-    /// a reason. Returns the failed jobs and the requeued ones.
-    pub async fn recover_interrupted_jobs(&self, max_attempts: i64) -> Result<(Vec<Job>, Vec<Job>), sqlx::Error> {
-        let running: Vec<Job> = on_pool!(self, pool => {
-            let rows = sqlx::query("SELECT * FROM jobs WHERE status = 'running'").fetch_all(pool).await?;
-            rows.iter().map(from_row).collect::<Result<_, _>>()?
-        });
-        let (mut failed, mut requeued) = (Vec::new(), Vec::new());
-        for job in running {
-            if job.kind.is_resumable() && job.attempts < max_attempts {
-                let sql = "UPDATE jobs SET status = 'queued', stage = 'resuming' WHERE id = $1";
-                on_pool!(self, pool => {
-                    sqlx::query(sql).bind(&job.id).execute(pool).await?;
-                });
-                requeued.push(job);
-            } else {
-                let message = if job.kind.is_resumable() {
-                    format!(
-                        "the server stopped while this job was running, {} times; it is not resumed again",
-                        job.attempts
-                    )
-                } else {
-                    "the server stopped while this job was running; resuming is not supported for this kind".to_owned()
-                };
-                let sql = "UPDATE jobs SET status = 'failed', stage = 'failed', finished_at = $1, error_code = $2,
-                               error_message = $3 WHERE id = $4";
-                let now = super::now();
-                on_pool!(self, pool => {
-                    sqlx::query(sql)
-                        .bind(&now)
-                        .bind(ErrorCode::Interrupted.as_str())
-                        .bind(&message)
-                        .bind(&job.id)
-                        .execute(pool)
-                        .await?;
-                });
-                failed.push(job);
-            }
-        }
-        Ok((failed, requeued))
-    }
-
-    /// Queued jobs of a dataset that is being deleted are canceled.
+    /// Queued jobs of a dataset that is being deleted are canceled; running ones are asked to
+    /// stop (their workers see it at the next heartbeat).
     pub async fn cancel_dataset_jobs(&self, dataset: &str) -> Result<(), sqlx::Error> {
         let sql = "UPDATE jobs SET status = 'canceled', stage = 'canceled', finished_at = $1,
                        error_code = $2, error_message = 'the dataset was deleted'
                    WHERE dataset = $3 AND status = 'queued'";
+        let running = "UPDATE jobs SET cancel_requested = TRUE WHERE dataset = $1 AND status = 'running'";
         let now = super::now();
         on_pool!(self, pool => {
             sqlx::query(sql).bind(&now).bind(ErrorCode::DatasetDeleted.as_str()).bind(dataset).execute(pool).await?;
+            sqlx::query(running).bind(dataset).execute(pool).await?;
         });
         Ok(())
     }

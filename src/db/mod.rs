@@ -16,6 +16,7 @@
 pub mod datasets;
 pub mod items;
 pub mod jobs;
+pub mod leases;
 pub mod models;
 
 use std::str::FromStr;
@@ -29,6 +30,21 @@ use sqlx::{Postgres, SqlitePool};
 
 /// Connections per process, on either engine.
 const MAX_CONNECTIONS: u32 = 8;
+
+/// What a notification between processes ([`Db::notify`], [`Db::listen`]) is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// A job was queued: idle workers look at the queue (the payload is its id).
+    Jobs,
+}
+
+impl Channel {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Jobs => "lookalike_jobs",
+        }
+    }
+}
 
 /// Which engine a [`Db`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +133,50 @@ impl Db {
         match self.pool {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Tells the other processes sharing the database that something on `channel` changed
+    /// (PostgreSQL `NOTIFY`, delivered when the current transaction commits; nothing on SQLite,
+    /// whose file one process owns). A lost notification costs only latency: listeners also
+    /// poll.
+    pub async fn notify(&self, channel: Channel, payload: &str) -> Result<(), sqlx::Error> {
+        if let Pool::Postgres(pool) = &self.pool {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(channel.name()).bind(payload).execute(pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Calls `on_notice` with the payload of every notification on `channel`, forever, from a
+    /// connection of its own that reconnects when lost. On SQLite it returns at once.
+    pub async fn listen(&self, channel: Channel, mut on_notice: impl FnMut(&str) + Send) {
+        let Pool::Postgres(pool) = &self.pool else { return };
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for notifications: retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(err) = listener.listen(channel.name()).await {
+                tracing::warn!(error = %err, "cannot listen for notifications: retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            loop {
+                match listener.recv().await {
+                    Ok(notice) => on_notice(notice.payload()),
+                    Err(err) => {
+                        // `recv` reconnects on its next call; notices sent meanwhile are lost,
+                        // so tell the caller to look for itself.
+                        tracing::warn!(error = %err, "notification connection lost: reconnecting");
+                        on_notice("");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
         }
     }
 

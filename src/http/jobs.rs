@@ -211,7 +211,10 @@ pub async fn queue_reindex(state: &AppState, dataset: &str, model: &str) -> AppR
 pub async fn cancel(State(state): State<AppState>, AppPath(id): AppPath<String>) -> AppResult<(StatusCode, Json<Job>)> {
     let job = find(&state, &id).await?;
     if !state.db.cancel_queued_job(&id).await? {
+        // Here at once if this process runs it; else its worker reads the request at its next
+        // heartbeat (`jobs.heartbeat_s`).
         state.jobs.cancel(&id);
+        state.db.request_cancel(&id).await?;
     }
     let job = state.db.get_job(&job.id).await?.unwrap_or(job);
     Ok((StatusCode::ACCEPTED, Json(job)))

@@ -47,7 +47,8 @@ pub fn router(state: AppState) -> Router {
     };
     let upload_limit = body_limit(limits.max_upload_bytes);
     let image_limit = body_limit(limits.max_image_bytes);
-    let (routes, _document) = api(upload_limit).split_for_parts();
+    let routes = if state.settings.server.role.serves_api() { api(upload_limit) } else { worker_api() };
+    let (routes, _document) = routes.split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -90,6 +91,14 @@ pub fn api(upload_limit: DefaultBodyLimit) -> OpenApiRouter<AppState> {
         .routes(routes!(ops::page))
         .routes(routes!(docs::page))
         .routes(routes!(docs::asset))
+}
+
+/// What a `worker` process answers: whether it lives and is ready, and its metrics.
+pub fn worker_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
 }
 
 async fn not_found() -> AppError {

@@ -5,6 +5,7 @@
 
 use lookalike::db::items::{InsertError, NewItem};
 use lookalike::db::jobs::{JobFilter, JobKind, JobStatus};
+use lookalike::db::leases::Stale;
 use lookalike::db::models::NewModel;
 use lookalike::db::{Backend, Db};
 use lookalike::error::ErrorCode;
@@ -36,6 +37,7 @@ async fn the_database_gives_the_same_answers_on_each_engine() {
         assert_eq!(db.backend(), backend);
         same_answers(&db).await;
         two_takers_never_get_one_job(&db, &url).await;
+        leases_pass_between_workers(&db, &url).await;
         db.close().await;
         // Reopened: the migrations already applied are recognised, nothing is lost.
         let db = Db::open(&url).await.expect("reopen");
@@ -92,15 +94,16 @@ async fn same_answers(db: &Db) {
     let params = json!({"epochs": 2, "nested": {"a": [1, 2]}});
     db.insert_job("j1", JobKind::Finetune, "shop", &params).await.expect("job");
     db.insert_job("j2", JobKind::Reindex, "shop", &json!({})).await.expect("job");
-    let first = db.start_next_job().await.expect("start").expect("queued");
+    let first = db.start_next_job("w1").await.expect("start").expect("queued");
     assert_eq!(
         (first.id.as_str(), first.status, first.attempts, &first.params),
         ("j1", JobStatus::Running, 1, &params)
     );
+    assert_eq!(first.worker.as_deref(), Some("w1"), "{name}");
     db.set_job_detail("j1", "training", 0.5, &json!({"step": 3})).await.expect("detail");
     db.add_job_artifact("j1", "loss.png").await.expect("artifact");
     db.add_job_artifact("j1", "loss.png").await.expect("artifact again");
-    db.finish_job("j1", JobStatus::Succeeded, Some(&json!({"ok": true})), None).await.expect("finish");
+    assert!(db.finish_job("j1", "w1", JobStatus::Succeeded, Some(&json!({"ok": true})), None).await.expect("finish"));
     let done = db.get_job("j1").await.expect("get").expect("j1");
     assert_eq!(
         (done.status, done.progress, done.artifacts.as_slice()),
@@ -115,8 +118,8 @@ async fn same_answers(db: &Db) {
     assert_eq!(db.list_jobs(&JobFilter::default(), 10).await.expect("all").len(), 2, "{name}");
 
     db.insert_job("j3", JobKind::Ingest, "shop", &json!({})).await.expect("job");
-    db.start_next_job().await.expect("start").expect("j3");
-    let (failed, requeued) = db.recover_interrupted_jobs(3).await.expect("recover");
+    db.start_next_job("w1").await.expect("start").expect("j3");
+    let (failed, requeued) = db.reclaim_jobs(3, &everything_stale("w1")).await.expect("reclaim");
     assert_eq!((failed.len(), requeued.len()), (1, 0), "{name}: an ingest is not resumed");
     let j3 = db.get_job("j3").await.expect("get").expect("j3");
     assert_eq!(j3.error.map(|e| e.code), Some(ErrorCode::Interrupted.as_str().to_owned()), "{name}");
@@ -145,13 +148,63 @@ async fn two_takers_never_get_one_job(db: &Db, url: &str) {
         let (a, b) = (format!("t{round}a"), format!("t{round}b"));
         db.insert_job(&a, JobKind::Reindex, "shop", &json!({})).await.expect("job");
         db.insert_job(&b, JobKind::Reindex, "shop", &json!({})).await.expect("job");
-        let (first, second) = tokio::join!(db.start_next_job(), other.start_next_job());
-        let mut taken = [first.expect("first").expect("a job").id, second.expect("second").expect("a job").id];
+        let (first, second) = tokio::join!(db.start_next_job("w1"), other.start_next_job("w2"));
+        let (first, second) = (first.expect("first").expect("a job"), second.expect("second").expect("a job"));
+        let mut taken = [first.id.clone(), second.id.clone()];
         taken.sort();
         assert_eq!(taken, [a.clone(), b.clone()], "{:?}", db.backend());
-        for id in [&a, &b] {
-            db.finish_job(id, JobStatus::Succeeded, None, None).await.expect("finish");
-        }
+        assert!(db.finish_job(&first.id, "w1", JobStatus::Succeeded, None, None).await.expect("finish"));
+        assert!(other.finish_job(&second.id, "w2", JobStatus::Succeeded, None, None).await.expect("finish"));
     }
+    other.close().await;
+}
+
+/// A `reclaim_jobs` bound under which every running job's worker is gone.
+fn everything_stale(me: &str) -> Stale<'_> {
+    Stale { any: "9999", me, mine: "" }
+}
+
+/// A job's lease: the worker that took it renews it and reads cancel requests through it; a
+/// job whose worker is gone is taken back once (by one of two processes asking at once), then
+/// resumed by another worker, and the first one can neither renew nor end it any more.
+async fn leases_pass_between_workers(db: &Db, url: &str) {
+    let name = format!("{:?}", db.backend());
+    let other = Db::open(url).await.expect("second pool");
+    let nobody_stale = Stale { any: "2000-01-01T00:00:00.000Z", me: "wa", mine: "2000-01-01T00:00:00.000Z" };
+    db.insert_job("l1", JobKind::Finetune, "shop", &json!({})).await.expect("job");
+    let job = db.start_next_job("wa").await.expect("start").expect("l1");
+    assert_eq!((job.id.as_str(), job.worker.as_deref()), ("l1", Some("wa")), "{name}");
+    assert_eq!(db.heartbeat("l1", "wa").await.expect("beat"), Some(false), "{name}");
+    assert_eq!(db.heartbeat("l1", "wb").await.expect("beat"), None, "{name}: not wb's lease");
+    assert!(db.request_cancel("l1").await.expect("cancel"), "{name}");
+    assert_eq!(db.heartbeat("l1", "wa").await.expect("beat"), Some(true), "{name}: the worker reads the cancel");
+    let (failed, requeued) = db.reclaim_jobs(3, &nobody_stale).await.expect("reclaim");
+    assert!(failed.is_empty() && requeued.is_empty(), "{name}: wa beats, its job stays");
+
+    // wa dies: two processes see its job stale at once; one takes it back.
+    let (x, y) = (everything_stale("x"), everything_stale("y"));
+    let (mine, theirs) = tokio::join!(db.reclaim_jobs(3, &x), other.reclaim_jobs(3, &y));
+    let (mine, theirs) = (mine.expect("reclaim"), theirs.expect("reclaim"));
+    let requeued: Vec<_> = mine.1.iter().chain(&theirs.1).map(|j| j.id.as_str()).collect();
+    assert_eq!((requeued, mine.0.len() + theirs.0.len()), (vec!["l1"], 0), "{name}");
+    let queued = db.get_job("l1").await.expect("get").expect("l1");
+    assert_eq!((queued.status, queued.stage.as_str(), queued.worker), (JobStatus::Queued, "resuming", None), "{name}");
+
+    let resumed = other.start_next_job("wb").await.expect("start").expect("l1 again");
+    assert_eq!((resumed.id.as_str(), resumed.attempts), ("l1", 2), "{name}");
+    assert_eq!(other.heartbeat("l1", "wb").await.expect("beat"), Some(false), "{name}: the cancel was wa's run's");
+    assert_eq!(db.heartbeat("l1", "wa").await.expect("beat"), None, "{name}: wa lost the lease");
+    assert!(!db.finish_job("l1", "wa", JobStatus::Failed, None, None).await.expect("finish"), "{name}");
+    assert!(other.finish_job("l1", "wb", JobStatus::Succeeded, None, None).await.expect("finish"), "{name}");
+    assert_eq!(db.get_job("l1").await.expect("get").expect("l1").status, JobStatus::Succeeded, "{name}");
+
+    // At a restart, a worker takes back what its previous life left, and nobody else's.
+    db.insert_job("l2", JobKind::Reindex, "shop", &json!({})).await.expect("job");
+    db.start_next_job("wa").await.expect("start").expect("l2");
+    let restarted = |me| Stale { any: "2000-01-01T00:00:00.000Z", me, mine: "9999" };
+    assert_eq!(db.reclaim_jobs(3, &restarted("wb")).await.expect("reclaim").1.len(), 0, "{name}");
+    assert_eq!(db.reclaim_jobs(3, &restarted("wa")).await.expect("reclaim").1.len(), 1, "{name}");
+    let again = db.start_next_job("wa").await.expect("start").expect("l2");
+    assert!(db.finish_job(&again.id, "wa", JobStatus::Succeeded, None, None).await.expect("finish"), "{name}");
     other.close().await;
 }

@@ -489,7 +489,7 @@ async fn a_finetune_job_interrupted_by_a_stop_is_resumed() {
         db.insert_job("ft-job-1", JobKind::Finetune, "resume", &json!({"epochs": 2, "promote": "always"}))
             .await
             .expect("job");
-        let job = db.start_next_job().await.expect("start").expect("a queued job");
+        let job = db.start_next_job(&settings.instance()).await.expect("start").expect("a queued job");
         assert_eq!((job.status.as_str(), job.attempts), ("running", 1));
         db.close().await;
     }

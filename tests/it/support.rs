@@ -48,6 +48,10 @@ pub fn settings(data_dir: &Path) -> Settings {
     settings.model.fetch_if_missing = false;
     settings.model.input_size = TEST_INPUT_SIZE;
     settings.index.save_interval_s = 3600;
+    // Short leases, so that a job a test's "killed" process left running on PostgreSQL is taken
+    // back within seconds (the defaults wait 30 s); long enough for a loaded 2-core machine.
+    settings.jobs.heartbeat_s = 1;
+    settings.jobs.lease_s = 6;
     settings
 }
 
