@@ -57,6 +57,9 @@ pub struct ServerSettings {
     pub role: Role,
     /// This process's name in the jobs table; empty: the host's name (see [`Settings::instance`]).
     pub instance: String,
+    /// On PostgreSQL, how often (ms) this process looks for changes other processes made to
+    /// the datasets, besides when it is notified of one (`sync`).
+    pub sync_interval_ms: u64,
 }
 
 /// What a `serve` process does. Every role keeps the datasets' serving state in step with the

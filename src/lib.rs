@@ -24,5 +24,6 @@ pub mod rng;
 pub mod server;
 pub mod state;
 pub mod storage;
+pub mod sync;
 pub mod telemetry;
 pub mod train;

@@ -15,10 +15,7 @@ use tokio::task::JoinHandle;
 use crate::config::Settings;
 use crate::db::datasets::{STATUS_FAILED, STATUS_INGESTING};
 use crate::db::jobs::{JobFilter, JobKind, JobStatus};
-use crate::generation::DatasetState;
-use crate::generation::{Generation, ModelHandle};
 use crate::state::AppState;
-use std::sync::Arc;
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -72,6 +69,8 @@ impl Server {
                 db.listen(crate::db::Channel::Jobs, |_| listener.jobs.notify()).await;
             }));
         }
+        // What other processes sharing the database change (PostgreSQL).
+        background.push(tokio::spawn(crate::sync::run(state.clone())));
         let saver_state = state.clone();
         let interval = Duration::from_secs(state.settings.index.save_interval_s.max(1));
         let saver = tokio::spawn(async move {
@@ -117,43 +116,18 @@ impl Server {
     }
 }
 
-/// The model a dataset should serve with: its active one, or the
-/// pretrained backbone when that cannot be used (recorded as active).
-async fn active_model(state: &AppState, dataset: &str) -> anyhow::Result<ModelHandle> {
-    let backbone = state.embedder.model().id.clone();
-    state.db.ensure_pretrained_model(dataset, &backbone, state.embedder.model().dim).await?;
-    let Some(active) = state.db.active_model(dataset).await? else {
-        anyhow::bail!("dataset {dataset} has no active model");
-    };
-    if active.backbone != backbone {
-        tracing::warn!(dataset, model = %active.id, backbone = %active.backbone, loaded = %backbone,
-            "the active model was trained on another backbone: serving the pretrained model");
-    } else {
-        match crate::generation::store::load_handle(
-            state.data_dir(),
-            dataset,
-            &active,
-            state.embedder.network(),
-            &state.device,
-        ) {
-            Ok(model) => return Ok(model),
-            Err(err) => tracing::error!(dataset, model = %active.id, error = %format!("{err:#}"),
-                "the active model cannot be loaded: serving the pretrained model"),
-        }
-    }
-    state.db.activate_model(dataset, &backbone).await?;
-    Ok(ModelHandle::pretrained(&backbone))
-}
-
 /// Loads every dataset's catalogue and index, then marks the server ready.
 pub async fn restore_datasets(state: &AppState) -> anyhow::Result<()> {
     for dataset in state.db.list_datasets().await? {
         let started = std::time::Instant::now();
         let items = state.db.all_items(&dataset.name).await?;
-        let model = active_model(state, &dataset.name).await?;
+        let model = crate::jobs::restore::active_model(state, &dataset.name).await?;
         let restoring = state.clone();
         let name = dataset.name.clone();
-        let loaded = tokio::task::spawn_blocking(move || restore_dataset(&restoring, &name, model, &items)).await??;
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::jobs::restore::restore_dataset(&restoring, &name, model, &items)
+        })
+        .await??;
         if dataset.status == STATUS_INGESTING {
             // Still ingesting with no ingest job queued or running (here: one this process left
             // running was failed by `reclaim_jobs`; elsewhere: another worker's) means the
@@ -171,46 +145,6 @@ pub async fn restore_datasets(state: &AppState) -> anyhow::Result<()> {
     state.set_ready();
     tracing::info!("ready");
     Ok(())
-}
-
-/// Blocking: the saved index (or a new one), caught up with `items`.
-fn restore_dataset(
-    state: &AppState,
-    name: &str,
-    model: ModelHandle,
-    items: &[crate::db::items::ItemRecord],
-) -> anyhow::Result<Arc<DatasetState>> {
-    let empty = state.empty_dataset_state(name, model.clone());
-    let dir = empty.index_dir(&model.id);
-    let dataset = match Generation::load(&dir, model, &state.settings.index.params) {
-        Ok(generation) => Arc::new(DatasetState::new(name, &state.indexes_dir(), generation)),
-        Err(err) => {
-            if dir.exists() {
-                tracing::warn!(dataset = name, error = %format!("{err:#}"), "saved index unreadable: rebuilding");
-            }
-            empty
-        }
-    };
-    dataset.fill_catalog(items);
-    let generation = dataset.generation.load_full();
-    let missing: Vec<_> = items.iter().filter(|r| r.seq > generation.covered_seq()).cloned().collect();
-    if !missing.is_empty() {
-        tracing::info!(dataset = name, items = missing.len(), "adding items the saved index lacks");
-        // Their cache usually has them (ingest writes it); the rest are embedded and cached.
-        let boundary = generation.model.boundary();
-        let features = crate::jobs::features::model_inputs_of(
-            state,
-            name,
-            &missing,
-            boundary,
-            &Default::default(),
-            &mut |_, _| {},
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>())?;
-        generation.save(&dir)?;
-    }
-    Ok(dataset)
 }
 
 /// Fetches the pretrained weights when they are missing from their default place.

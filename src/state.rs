@@ -143,6 +143,11 @@ impl AppState {
     /// A dataset with a running job is left to that job, which saves when it ends:
     /// saving a large index every interval in the middle of an ingest slows it down.
     pub fn save_dirty_indexes(&self) {
+        if !self.settings.server.role.runs_jobs() {
+            // An API replica writes no indexes: those of the workers' jobs are what it loads,
+            // and what it added since it catches up from the database at its next start.
+            return;
+        }
         for dataset in self.datasets() {
             if self.jobs.active_for(&dataset.name).is_some() {
                 continue;

@@ -52,6 +52,7 @@ impl Db {
         let done = on_pool!(self, pool => {
             sqlx::query(sql).bind(name).bind(status).bind(model).bind(&now).execute(pool).await?.rows_affected()
         });
+        self.notify(super::Channel::Changes, name).await;
         Ok(done == 1)
     }
 
@@ -83,6 +84,7 @@ impl Db {
     pub async fn delete_dataset(&self, name: &str) -> Result<bool, sqlx::Error> {
         let sql = "DELETE FROM datasets WHERE name = $1";
         let done = on_pool!(self, pool => sqlx::query(sql).bind(name).execute(pool).await?.rows_affected());
+        self.notify(super::Channel::Changes, name).await;
         Ok(done == 1)
     }
 

@@ -86,7 +86,18 @@ impl Db {
             }
             tx.commit().await?;
         });
+        self.notify(super::Channel::Changes, dataset).await;
         Ok(seqs)
+    }
+
+    /// How many items the dataset has, and the highest `seq` among them (0 when none): enough
+    /// for another process to tell cheaply whether its copy is behind.
+    pub async fn item_stats(&self, dataset: &str) -> Result<(u64, u64), sqlx::Error> {
+        let sql = "SELECT COUNT(*) AS n, COALESCE(MAX(seq), 0) AS top FROM items WHERE dataset = $1";
+        on_pool!(self, pool => {
+            let row = sqlx::query(sql).bind(dataset).fetch_one(pool).await?;
+            Ok((row.int("n")? as u64, row.int("top")? as u64))
+        })
     }
 
     pub async fn get_item(&self, dataset: &str, item_id: &str) -> Result<Option<ItemRecord>, sqlx::Error> {
@@ -134,10 +145,12 @@ impl Db {
     /// Deletes one item; returns it when it existed.
     pub async fn delete_item(&self, dataset: &str, item_id: &str) -> Result<Option<ItemRecord>, sqlx::Error> {
         let sql = format!("DELETE FROM items WHERE dataset = $1 AND item_id = $2 RETURNING {COLUMNS}");
-        on_pool!(self, pool => {
+        let deleted = on_pool!(self, pool => {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(dataset).bind(item_id).fetch_optional(pool).await?;
-            row.as_ref().map(record).transpose()
-        })
+            row.as_ref().map(record).transpose()?
+        });
+        self.notify(super::Channel::Changes, dataset).await;
+        Ok(deleted)
     }
 }
 

@@ -182,7 +182,7 @@ impl Db {
         });
         // Read back before the workers are told: the caller answers with the job as queued.
         let job = self.get_job(id).await?.ok_or(sqlx::Error::RowNotFound)?;
-        self.notify(super::Channel::Jobs, id).await?;
+        self.notify(super::Channel::Jobs, id).await;
         Ok(job)
     }
 

@@ -36,12 +36,16 @@ const MAX_CONNECTIONS: u32 = 8;
 pub enum Channel {
     /// A job was queued: idle workers look at the queue (the payload is its id).
     Jobs,
+    /// A dataset, its items or its active model changed: every process brings its serving copy
+    /// up to date (`sync`; the payload is the dataset's name).
+    Changes,
 }
 
 impl Channel {
     fn name(self) -> &'static str {
         match self {
             Self::Jobs => "lookalike_jobs",
+            Self::Changes => "lookalike_changes",
         }
     }
 }
@@ -139,12 +143,14 @@ impl Db {
     /// Tells the other processes sharing the database that something on `channel` changed
     /// (PostgreSQL `NOTIFY`, delivered when the current transaction commits; nothing on SQLite,
     /// whose file one process owns). A lost notification costs only latency: listeners also
-    /// poll.
-    pub async fn notify(&self, channel: Channel, payload: &str) -> Result<(), sqlx::Error> {
+    /// poll. So a failure to notify is logged, not returned: what changed is committed.
+    pub async fn notify(&self, channel: Channel, payload: &str) {
         if let Pool::Postgres(pool) = &self.pool {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(channel.name()).bind(payload).execute(pool).await?;
+            let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(channel.name()).bind(payload).execute(pool).await;
+            if let Err(err) = sent {
+                tracing::warn!(error = %err, channel = channel.name(), "could not notify the other processes");
+            }
         }
-        Ok(())
     }
 
     /// Calls `on_notice` with the payload of every notification on `channel`, forever, from a

@@ -169,7 +169,9 @@ impl Db {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             set_active!(tx, dataset, id);
-            tx.commit().await
-        })
+            tx.commit().await?;
+        });
+        self.notify(super::Channel::Changes, dataset).await;
+        Ok(())
     }
 }

@@ -113,6 +113,10 @@ pub async fn add(
     let embedder = state.embedder.clone();
     tokio::task::spawn_blocking(move || {
         let _writer = dataset.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if dataset.catalog.read().unwrap_or_else(|e| e.into_inner()).get(seq).is_some() {
+            // `sync` (PostgreSQL) saw the row first and added the item already.
+            return anyhow::Ok(());
+        }
         let generation = dataset.generation.load();
         let vector = match generation.model.boundary() {
             now if now == boundary => vector,

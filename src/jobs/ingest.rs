@@ -49,9 +49,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
 
 fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runtime: &Handle) -> JobResult {
     let started = Instant::now();
-    let dataset = state
-        .dataset(&job.dataset)
-        .ok_or_else(|| JobFailure::failed(ErrorCode::DatasetNotFound, "the dataset was deleted"))?;
+    let dataset = crate::jobs::restore::dataset_for_job(state, &job.dataset, runtime)?;
     let limits = &state.settings.limits;
     let manifest = archive::scan(
         upload,

@@ -17,6 +17,7 @@ pub mod features;
 pub mod finetune;
 pub mod ingest;
 pub mod reindex;
+pub mod restore;
 
 use std::time::{Duration, Instant};
 

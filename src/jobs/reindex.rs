@@ -29,9 +29,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     let Some(model_id) = job.params.get("model").and_then(Value::as_str) else {
         return Err(JobFailure::failed(ErrorCode::InvalidParams, "a reindex job needs params.model"));
     };
-    let dataset = state
-        .dataset(&job.dataset)
-        .ok_or_else(|| JobFailure::failed(ErrorCode::DatasetNotFound, "the dataset was deleted"))?;
+    let dataset = crate::jobs::restore::dataset_for_job(state, &job.dataset, &runtime)?;
     let record = runtime.block_on(state.db.get_model(&job.dataset, model_id))?.ok_or_else(|| {
         JobFailure::failed(ErrorCode::ModelNotFound, format!("the dataset has no model {model_id:?}"))
     })?;

@@ -12,4 +12,5 @@ mod items;
 mod jobs;
 mod metrics;
 mod openapi;
+mod replicas;
 mod support;

@@ -122,9 +122,7 @@ struct Mined {
 pub fn run(state: &crate::state::AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     let params = FinetuneParams::resolve(&state.settings.finetune, &job.params)
         .map_err(|message| JobFailure::failed(ErrorCode::InvalidParams, message))?;
-    let dataset = state
-        .dataset(&job.dataset)
-        .ok_or_else(|| JobFailure::failed(ErrorCode::DatasetNotFound, "the dataset was deleted"))?;
+    let dataset = crate::jobs::restore::dataset_for_job(state, &job.dataset, &Handle::current())?;
     let artifacts = state.data_dir().join("artifacts").join(&job.id);
     std::fs::create_dir_all(&artifacts)?;
     let run = Run { state, job, cancel, params, runtime: Handle::current(), dataset, artifacts };
