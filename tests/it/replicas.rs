@@ -134,3 +134,97 @@ async fn what_one_replica_is_told_every_replica_serves() {
         server.stop().await.expect("stop");
     }
 }
+
+/// A `lookalike serve --role worker` process of its own on the test's database and data folder.
+fn spawn_worker(
+    settings: &lookalike::config::Settings,
+    instance: &str,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookalike"));
+    command.args(["serve", "--role", "worker"]);
+    let env = [
+        ("LOOKALIKE__DATA_DIR", settings.data_dir.display().to_string()),
+        ("LOOKALIKE__DATABASE__URL", settings.database.url.clone()),
+        ("LOOKALIKE__SERVER__ADDR", "127.0.0.1:0".to_owned()),
+        ("LOOKALIKE__SERVER__INSTANCE", instance.to_owned()),
+        ("LOOKALIKE__SERVER__SYNC_INTERVAL_MS", SYNC_INTERVAL_MS.to_string()),
+        ("LOOKALIKE__MODEL__WEIGHTS", settings.model.weights.clone()),
+        ("LOOKALIKE__MODEL__FETCH_IF_MISSING", "false".to_owned()),
+        ("LOOKALIKE__MODEL__INPUT_SIZE", settings.model.input_size.to_string()),
+        ("LOOKALIKE__JOBS__HEARTBEAT_S", settings.jobs.heartbeat_s.to_string()),
+        ("LOOKALIKE__JOBS__LEASE_S", settings.jobs.lease_s.to_string()),
+    ];
+    command.envs(env).env("RUST_LOG", "info").kill_on_drop(true);
+    command
+        .stdout(std::fs::File::create(log).expect("log"))
+        .stderr(std::fs::File::create(log.with_extension("err")).expect("log"));
+    command.spawn().expect("start a worker process")
+}
+
+/// Two worker processes; the one running a finetune job is killed (SIGKILL) in the middle of its
+/// training: the other takes the job back once its lease runs out, runs it to the end, and the
+/// API replica serves the promoted model. Nothing is lost: the catalogue is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_job_is_finished_by_the_other() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut settings = support::settings(data.path());
+    if !settings.database.url.starts_with("postgres") {
+        eprintln!("SQLite: one process per database file; nothing to show (run on PostgreSQL)");
+        return;
+    }
+    settings.server.role = Role::Api;
+    settings.server.instance = "api-a".into();
+    settings.server.sync_interval_ms = SYNC_INTERVAL_MS;
+    let (api, client) = support::start(settings.clone()).await;
+    let mut workers = vec![
+        ("worker-1", spawn_worker(&settings, "worker-1", &data.path().join("worker-1.log"))),
+        ("worker-2", spawn_worker(&settings, "worker-2", &data.path().join("worker-2.log"))),
+    ];
+    let subset = support::fashion_subset(3, 1);
+    let ingested = support::ingest(&client, "shop", subset.catalogue_zip.clone()).await;
+    let items = ingested["result"]["ingested"].as_u64().expect("ingested");
+
+    // Long enough to be caught training: many epochs of a small catalogue.
+    let body =
+        serde_json::json!({"kind": "finetune", "dataset": "shop", "params": {"epochs": 100, "promote": "always"}});
+    let response = client.http.post(client.url("/jobs")).json(&body).send().await.expect("post");
+    let (status, job) = support::status_json(response).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().expect("id").to_owned();
+    let started = Instant::now();
+    let victim = loop {
+        let (_, job) = client.get(&format!("/jobs/{id}")).await;
+        if job["stage"] == "training" && job["detail"]["step"].as_u64().is_some_and(|s| s > 0) {
+            break job["worker"].as_str().expect("worker").to_owned();
+        }
+        let waiting = matches!(job["status"].as_str(), Some("queued" | "running"));
+        assert!(waiting, "the job ended before it could be interrupted: {job}");
+        assert!(started.elapsed() < Duration::from_secs(120), "the job never trained: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let position = workers.iter().position(|(name, _)| *name == victim).expect("a worker of ours");
+    let (_, mut child) = workers.remove(position);
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("killed");
+    let killed_at = Instant::now();
+
+    let job = client.wait_job(&id).await;
+    eprintln!("{victim} killed; the job ended {:?} later", killed_at.elapsed());
+    let survivor = workers[0].0;
+    assert_eq!(
+        (job["status"].as_str(), job["worker"].as_str(), job["attempts"].as_u64()),
+        (Some("succeeded"), Some(survivor), Some(2)),
+        "{job}"
+    );
+    let promoted = job["result"]["model"].as_str().expect("model").to_owned();
+    let (_, query) = subset.queries[2].clone();
+    search_until(&client, &query, |found| found["model"] == promoted.as_str()).await;
+    let (_, dataset) = client.get("/datasets/shop").await;
+    assert_eq!(
+        (dataset["items"].as_u64(), dataset["model"].as_str()),
+        (Some(items), Some(promoted.as_str())),
+        "{dataset}"
+    );
+    api.stop().await.expect("stop");
+}
