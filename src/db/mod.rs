@@ -107,7 +107,11 @@ impl Db {
                 let options =
                     PgConnectOptions::from_str(url).with_context(|| format!("invalid database url {shown:?}"))?;
                 if !Postgres::database_exists(url).await.with_context(|| format!("cannot reach {shown:?}"))? {
-                    Postgres::create_database(url).await.with_context(|| format!("cannot create {shown:?}"))?;
+                    let created = Postgres::create_database(url).await;
+                    // Processes starting together race to create it: the losers find it made.
+                    if created.is_err() && !Postgres::database_exists(url).await.unwrap_or(false) {
+                        created.with_context(|| format!("cannot create {shown:?}"))?;
+                    }
                 }
                 let pool = PgPoolOptions::new()
                     .max_connections(MAX_CONNECTIONS)
