@@ -30,5 +30,6 @@ else
     run bash bench/train.sh
     run bash bench/ingest.sh 60000 64
     run bash bench/finetune_time.sh
+    run bash bench/replicas.sh
 fi
 echo "all benchmarks done; the log is $log"
