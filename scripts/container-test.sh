@@ -11,6 +11,9 @@
 #   5. the image alone with `--network none` and a fresh volume: ready, then a catalogue ingested
 #      and searched with the CLI inside the container, so the weights are in the image and no
 #      network is needed;
+#   6. docker-compose.scale.yml: PostgreSQL, two API replicas behind nginx and a worker; the
+#      catalogue ingested through the proxy is taken in by the worker, and both replicas give the
+#      answers of step 3 (nginx's log shows each replica answering);
 # then `docker compose down -v`, also on failure (after printing the containers' logs).
 # Prints the time of each phase. Needs root (the engine), curl, jq and tar.
 set -euo pipefail
@@ -23,6 +26,7 @@ admin_key=ctest-admin-$RANDOM$RANDOM
 read_key=ctest-read-$RANDOM$RANDOM
 work=$(mktemp -d /tmp/lookalike-ctest.XXXXXX)
 compose=(docker compose --project-name "$project")
+scale=(docker compose --project-name "$project-scale" --file docker-compose.scale.yml)
 started=$SECONDS
 phase_name=""
 phase_start=$SECONDS
@@ -51,9 +55,12 @@ cleanup() {
         echo "---- container test failed (exit $status) in: ${phase_name:-?}; logs follow" >&2
         "${compose[@]}" ps >&2 || true
         "${compose[@]}" logs --no-color --tail 80 >&2 || true
+        "${scale[@]}" ps >&2 2> /dev/null || true
+        "${scale[@]}" logs --no-color --tail 40 >&2 2> /dev/null || true
         docker logs --tail 80 "$offline" >&2 2> /dev/null || true
     fi
     "${compose[@]}" down --volumes --remove-orphans > /dev/null 2>&1 || true
+    "${scale[@]}" down --volumes --remove-orphans > /dev/null 2>&1 || true
     docker rm --force "$offline" > /dev/null 2>&1 || true
     docker volume rm "$offline" > /dev/null 2>&1 || true
     rm -rf "$work"
@@ -181,6 +188,36 @@ result=$(docker exec "$offline" lookalike search /tmp/fixtures/queries/sneaker/t
 echo "$result"
 top=$(awk '$1 == "1" { print $3 }' <<< "$result")
 [[ $top == sneaker ]] || fail "offline search: the nearest item is a ${top:-?}, not a sneaker"
+
+phase "scaled (docker-compose.scale.yml: PostgreSQL, 2 API replicas behind nginx, a worker)"
+"${scale[@]}" build postgres proxy > "$work/scale-build.log" 2>&1 ||
+    { tail -n 60 "$work/scale-build.log" >&2; fail "scaled images build"; }
+port=$(free_port)
+base=http://127.0.0.1:$port
+LOOKALIKE_PORT=$port LOOKALIKE_ADMIN_KEYS=$admin_key LOOKALIKE_READ_KEYS=$read_key LOOKALIKE_PG_PASSWORD=pw-$RANDOM \
+    "${scale[@]}" up --detach --no-build
+for service in worker api-1 api-2; do
+    wait_healthy "$("${scale[@]}" ps --quiet "$service")" 180
+done
+for ((waited = 0; ; waited++)); do
+    [[ $(curl --silent --output /dev/null --write-out '%{http_code}' "$base/healthz") == 200 ]] && break
+    ((waited < 60)) || fail "the proxy did not answer in 60 s"
+    sleep 1
+done
+job=$(api "$admin_key" -F name=fixtures -F "archive=@$work/catalogue.tar.gz" "$base/datasets" | jq -r .job.id)
+wait_job "$job"
+worker=$(api "$read_key" "$base/jobs/$job" | jq -r .worker)
+[[ $worker == worker-1 ]] || fail "the ingest ran on ${worker:-?}, not on the worker"
+# The replicas learn of the items within server.sync_interval_ms (1 s) of their commit.
+sleep 3
+for round in 1 2; do
+    answers > "$work/scaled-$round.txt"
+    diff "$work/before.txt" "$work/scaled-$round.txt" || fail "the scaled stack answers otherwise (round $round)"
+done
+replicas=$("${scale[@]}" logs --no-color proxy | awk '/POST \/search/ { print $(NF - 1) }' | sort -u | wc -l)
+((replicas == 2)) || fail "searches were answered by $replicas replica(s), not 2"
+echo "ingested by $worker; both replicas answered as the single server did"
+"${scale[@]}" down --volumes --remove-orphans > /dev/null 2>&1
 
 phase "down"
 "${compose[@]}" down --volumes --remove-orphans > /dev/null 2>&1
