@@ -56,6 +56,7 @@ contract_tests!(
     a_loaded_index_keeps_growing_and_saves_over_itself,
     restart_loads_what_was_saved_before_drop,
     empty_index_round_trips,
+    ids_list_every_stored_point_also_after_a_load,
     configured_search_params_win_over_saved_ones,
     loading_under_another_engine_is_an_error,
     loading_a_missing_or_damaged_directory_is_an_error,
@@ -462,6 +463,22 @@ fn empty_index_round_trips(engine: IndexEngine) {
     assert_eq!(loaded.dim(), DIM);
     loaded.insert_batch(&items(&clustered(1, 3), 0));
     assert_eq!(loaded.len(), 3);
+}
+
+/// `ids` lists what is stored, out of order as inserted and across a save and load: what a restart
+/// compares with the stored items to find the ones a snapshot lacks.
+fn ids_list_every_stored_point_also_after_a_load(engine: IndexEngine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ids");
+    let index = VectorIndex::new(DIM, 0, default_params(engine));
+    assert!(index.ids().is_empty());
+    let points = clustered(1, 4);
+    let batch: Vec<(u64, Vec<f32>)> = [9u64, 2, 40, 7].into_iter().zip(points).collect();
+    index.insert_batch(&batch);
+    let expected: std::collections::HashSet<u64> = [2, 7, 9, 40].into();
+    assert_eq!(index.ids(), expected);
+    index.save(&path).expect("save");
+    assert_eq!(VectorIndex::load(&path, &default_params(engine)).expect("load").ids(), expected);
 }
 
 fn configured_search_params_win_over_saved_ones(engine: IndexEngine) {

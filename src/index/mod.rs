@@ -234,6 +234,19 @@ impl VectorIndex {
         }
     }
 
+    /// The ids of every stored point (deleted ones included: deletion is the caller's filter).
+    pub fn ids(&self) -> std::collections::HashSet<u64> {
+        let mut ids = std::collections::HashSet::with_capacity(self.len());
+        let visit = |id: u64, _: &[f32]| {
+            ids.insert(id);
+        };
+        match &self.engine {
+            Engine::Native(graph) => graph.for_each_point(visit),
+            Engine::HnswRs(graph) => graph.for_each_point(visit),
+        }
+        ids
+    }
+
     /// The `wanted` nearest points passing `filter`, by scanning every stored vector.
     fn exact_search(&self, query: &[f32], wanted: usize, filter: &(dyn Fn(u64) -> bool + Sync)) -> Vec<Neighbour> {
         let mut hits = Vec::new();
