@@ -83,6 +83,14 @@ impl Generation {
         Ok(())
     }
 
+    /// The records among `items` whose vectors this index lacks (a saved index lacks those added
+    /// after it was saved). By the ids it holds, not by `covered_seq`: on PostgreSQL two processes
+    /// adding items at once can commit a lower seq after a higher one, after a save.
+    pub fn lacking(&self, items: &[crate::db::items::ItemRecord]) -> Vec<crate::db::items::ItemRecord> {
+        let held = self.index.ids();
+        items.iter().filter(|r| !held.contains(&r.seq)).cloned().collect()
+    }
+
     pub fn covered_seq(&self) -> u64 {
         self.covered_seq.load(Ordering::SeqCst)
     }

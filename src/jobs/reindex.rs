@@ -55,8 +55,8 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     };
     let (candidate, reused) = match Generation::load(&dir, model.clone(), &state.settings.index.params) {
         Ok(saved) => {
-            // The saved index covers items up to its seq; deleted ones are filtered at search.
-            let lacking: Vec<_> = records.iter().filter(|r| r.seq > saved.covered_seq()).cloned().collect();
+            // Deleted items the saved index still holds are filtered at search.
+            let lacking = saved.lacking(&records);
             let features = features_of(&lacking, cancel, &mut features_progress)?;
             report.stage("indexing", 0.3, json!({"reused_index": true}));
             let rows: Vec<(u64, Vec<f32>)> = lacking.iter().map(|r| r.seq).zip(features).collect();

@@ -67,10 +67,7 @@ pub fn load_generation(
             Generation::empty(model, state.embedder.model().dim, state.settings.index.params.clone())
         }
     };
-    // The items the index lacks, not only those above its `covered_seq`: on PostgreSQL two processes
-    // adding items at once can commit a lower seq after a higher one, after a snapshot was saved.
-    let held = generation.index.ids();
-    let missing: Vec<_> = items.iter().filter(|r| !held.contains(&r.seq)).cloned().collect();
+    let missing = generation.lacking(items);
     if !missing.is_empty() {
         tracing::info!(dataset = name, items = missing.len(), "adding items the saved index lacks");
         // Their cache usually has them (ingest writes it); the rest are embedded and cached.
