@@ -25,6 +25,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub server: ServerSettings,
     pub database: DatabaseSettings,
+    pub storage: crate::storage::StorageSettings,
     pub model: ModelSettings,
     pub embedder: EmbedderConfig,
     pub index: IndexSettings,
@@ -201,6 +202,7 @@ impl Settings {
             self.jobs.lease_s,
             self.jobs.heartbeat_s
         );
+        self.storage.bucket()?;
         if !self.database.url.is_empty() {
             crate::db::Db::backend_of(&self.database.url)?;
         }

@@ -49,6 +49,11 @@ impl FeatureCache {
         Self { path: Self::dataset_dir(data_dir, dataset).join(name), dim, append: Mutex::new(()) }
     }
 
+    /// The cache's file (what `storage::Objects` pushes and pulls).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The folder of all of a dataset's feature files.
     pub fn dataset_dir(data_dir: &Path, dataset: &str) -> PathBuf {
         data_dir.join("features").join(dataset)

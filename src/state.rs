@@ -1,6 +1,6 @@
 //! The application state shared by handlers and jobs.
 //!
-//! `AppState` is a cheap clone of an `Arc`: the settings, the database, the blob store, the
+//! `AppState` is a cheap clone of an `Arc`: the settings, the database, the object store, the
 //! embedder (the model on its own thread), the running jobs' cancel flags, the metrics, and the
 //! datasets being served. [`AppState::open`] opens storage and loads the model; the datasets are
 //! added by the server's start-up (`server::restore_datasets`), which then marks the state ready.
@@ -20,7 +20,7 @@ use crate::db::Db;
 use crate::embedder::Embedder;
 use crate::generation::{DatasetState, Generation, ModelHandle};
 use crate::network::EmbeddingModel;
-use crate::storage::BlobStore;
+use crate::storage::{BlobStore, Objects};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -30,6 +30,9 @@ pub struct Inner {
     pub settings: Settings,
     pub db: Db,
     pub blobs: BlobStore,
+    /// Where trained models, index snapshots, feature caches and artifacts are kept beyond the
+    /// data dir (`storage::Objects`: nothing to do on the default local store).
+    pub objects: Objects,
     pub embedder: Embedder,
     /// Where the model, and every tensor computation of jobs, runs (`model.device`).
     pub device: candle_core::Device,
@@ -77,7 +80,11 @@ impl AppState {
             "model loaded"
         );
         let embedder = Embedder::start(model, embedder_settings)?;
-        let blobs = BlobStore::new(&settings.data_dir)?;
+        let objects = Objects::open(&settings.storage, &settings.data_dir)?;
+        let checking = objects.clone();
+        tokio::task::spawn_blocking(move || checking.check()).await??;
+        tracing::info!(location = objects.location(), "object store");
+        let blobs = BlobStore::new(objects.clone());
         Ok(Self(Arc::new(Inner {
             jobs: RunningJobs::default(),
             metrics: Metrics::default(),
@@ -85,6 +92,7 @@ impl AppState {
             settings,
             db,
             blobs,
+            objects,
             embedder,
             device,
             datasets: RwLock::new(HashMap::new()),
@@ -152,7 +160,7 @@ impl AppState {
             if self.jobs.active_for(&dataset.name).is_some() {
                 continue;
             }
-            if let Err(err) = dataset.save_if_dirty() {
+            if let Err(err) = dataset.save_if_dirty(&self.objects) {
                 tracing::error!(dataset = %dataset.name, error = %format!("{err:#}"), "saving index failed");
             }
         }

@@ -132,12 +132,12 @@ impl DatasetState {
     }
 
     /// Saves the current generation when it changed since its last save.
-    pub fn save_if_dirty(&self) -> anyhow::Result<bool> {
+    pub fn save_if_dirty(&self, objects: &crate::storage::Objects) -> anyhow::Result<bool> {
         let generation = self.generation.load_full();
         if !generation.is_dirty() {
             return Ok(false);
         }
-        generation.save(&self.index_dir(generation.model_id()))?;
+        generation.save(&self.index_dir(generation.model_id()), objects)?;
         Ok(true)
     }
 }

@@ -124,8 +124,9 @@ impl Generation {
     }
 
     /// Saves the index and what it covers to `dir`, crash-safely: the new
-    /// copy is written aside and renamed over the old one.
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+    /// copy is written aside and renamed over the old one; then pushes it to the object store
+    /// (where other processes load it from when they do not share this data dir).
+    pub fn save(&self, dir: &Path, objects: &crate::storage::Objects) -> anyhow::Result<()> {
         let covered = self.covered_seq();
         self.dirty.store(false, Ordering::SeqCst);
         let result = crate::storage::replace_dir(dir, |tmp| {
@@ -137,7 +138,8 @@ impl Generation {
         if result.is_err() {
             self.dirty.store(true, Ordering::SeqCst);
         }
-        result
+        result?;
+        objects.push_dir(dir)
     }
 
     /// Loads the index of `model` saved by `save` in `dir`. The graph keeps the shape it was

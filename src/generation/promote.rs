@@ -30,6 +30,7 @@ pub type FeaturesOf<'a> = dyn FnMut(&[ItemRecord]) -> Result<Vec<Vec<f32>>, JobF
 /// stops before the swap; after it, the job is done.
 pub fn promote(
     db: &Db,
+    objects: &crate::storage::Objects,
     dataset: &DatasetState,
     candidate: Candidate,
     cancel: &CancelFlag,
@@ -38,7 +39,7 @@ pub fn promote(
     check_generation(&candidate)?;
     let Candidate { generation, built, .. } = candidate;
     let model_id = generation.model.id.clone();
-    generation.save(&dataset.index_dir(&model_id))?;
+    generation.save(&dataset.index_dir(&model_id), objects)?;
     cancel.check()?;
 
     let runtime = Handle::current();

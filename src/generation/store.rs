@@ -48,10 +48,11 @@ pub fn save_model(
     })
 }
 
-/// The model a record describes, ready to embed with (its head and tail loaded; `network` is the
+/// Blocking: the model a record describes, ready to embed with (fetched from the object store when
+/// this data dir lacks it; its head and tail loaded; `network` is the
 /// shared trunk, whose weights give a blended model's pretrained part).
 pub fn load_handle(
-    data_dir: &Path,
+    objects: &crate::storage::Objects,
     dataset: &str,
     record: &ModelRecord,
     network: &EmbeddingModel,
@@ -60,7 +61,8 @@ pub fn load_handle(
     if record.is_pretrained() {
         return Ok(ModelHandle::pretrained(&record.backbone));
     }
-    let dir = model_dir(data_dir, dataset, &record.id);
+    let dir = model_dir(objects.data_dir(), dataset, &record.id);
+    anyhow::ensure!(objects.pull_dir(&dir)?, "model {} is not in the object store {}", record.id, objects.location());
     let head = Projection::load(&dir.join(HEAD_FILE), device)?;
     let tail = match dir.join(TAIL_FILE) {
         path if path.exists() => Some(Arc::new(Tail::new(&load_tail(&path)?)?)),

@@ -118,8 +118,20 @@ pub async fn create(
         .await
         .map_err(AppError::internal)?
         .map_err(archive_error)?;
+    // The worker that takes the job may be another process, on another machine.
+    let objects = state.objects.clone();
+    let stored = path.clone();
+    tokio::task::spawn_blocking(move || objects.push_file(&stored))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
     let model = state.embedder.model().id.clone();
     if !state.db.insert_dataset(&name, STATUS_INGESTING, &model).await? {
+        let (objects, stored) = (state.objects.clone(), path.clone());
+        tokio::task::spawn_blocking(move || objects.delete_file(&stored))
+            .await
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)?;
         return Err(name_taken(&name));
     }
     state.db.ensure_pretrained_model(&name, &model, state.embedder.model().dim).await?;
@@ -257,18 +269,18 @@ pub async fn delete(State(state): State<AppState>, AppPath(name): AppPath<String
     }
     state.jobs.cancel_dataset(&name);
     state.db.cancel_dataset_jobs(&name).await?;
-    let removed = state.remove_dataset(&name);
+    state.remove_dataset(&name);
     state.db.delete_dataset(&name).await?;
-    let blobs = state.blobs.clone();
-    let index_root = removed.map(|d| d.index_root().to_path_buf());
+    let (blobs, objects) = (state.blobs.clone(), state.objects.clone());
+    let indexes = state.indexes_dir().join(&name);
     let models = crate::generation::store::dataset_dir(state.data_dir(), &name);
     let features = crate::feature_cache::FeatureCache::dataset_dir(state.data_dir(), &name);
     tokio::task::spawn_blocking(move || {
         blobs.delete_dataset(&name)?;
-        for dir in index_root.iter().chain([&models, &features]) {
-            crate::storage::remove_dir_if_exists(dir)?;
+        for dir in [&indexes, &models, &features] {
+            objects.delete_tree(dir)?;
         }
-        std::io::Result::Ok(())
+        anyhow::Ok(())
     })
     .await
     .map_err(AppError::internal)??;

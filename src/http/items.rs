@@ -88,9 +88,7 @@ pub async fn add(
     let input = prepared.input;
     let vector = super::search::embed(&state, input.clone(), boundary).await?;
     let key = BlobStore::new_key(&name);
-    let blobs = state.blobs.clone();
-    let blob_key = key.clone();
-    tokio::task::spawn_blocking(move || blobs.put(&blob_key, &image, true)).await.map_err(AppError::internal)??;
+    state.blobs.put(&key, image.to_vec()).await?;
     let row = NewItem {
         item_id: item_id.clone(),
         label: label.clone(),
@@ -102,7 +100,7 @@ pub async fn add(
     let seqs = match state.db.insert_items(&name, std::slice::from_ref(&row)).await {
         Ok(seqs) => seqs,
         Err(err) => {
-            let _ = state.blobs.delete(&key);
+            let _ = state.blobs.delete(&key).await;
             return Err(match err {
                 InsertError::Duplicate(id) => item_exists(&id),
                 InsertError::Db(err) => err.into(),
@@ -228,8 +226,7 @@ pub async fn image(
 ) -> AppResult<Response> {
     state.db.get_dataset(&name).await?.ok_or_else(|| AppError::dataset_not_found(&name))?;
     let record = state.db.get_item(&name, &item_id).await?.ok_or_else(|| item_not_found(&item_id))?;
-    let blobs = state.blobs.clone();
-    let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
+    let bytes = state.blobs.get(&record.blob).await?;
     Ok(([(header::CONTENT_TYPE, record.content_type)], bytes).into_response())
 }
 
@@ -252,7 +249,7 @@ pub async fn delete(
     if let Some(dataset) = state.dataset(&name) {
         dataset.catalog.write().unwrap_or_else(|e| e.into_inner()).remove(&item_id);
     }
-    if let Err(err) = state.blobs.delete(&record.blob) {
+    if let Err(err) = state.blobs.delete(&record.blob).await {
         tracing::warn!(error = %err, blob = %record.blob, "could not remove a deleted item's image");
     }
     Ok(StatusCode::NO_CONTENT)

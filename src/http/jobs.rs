@@ -247,6 +247,12 @@ pub async fn artifact(
         return Err(AppError::new(ErrorCode::ArtifactNotFound, format!("job {id} has no artifact {file:?}")));
     }
     let path = state.data_dir().join("artifacts").join(&job.id).join(&file);
+    let objects = state.objects.clone();
+    let fetched = path.clone();
+    let held = tokio::task::spawn_blocking(move || objects.pull_file(&fetched)).await.map_err(AppError::internal)?;
+    if !held.map_err(AppError::internal)? {
+        return Err(AppError::new(ErrorCode::ArtifactNotFound, format!("job {id}'s artifact {file:?} is not stored")));
+    }
     let bytes = tokio::fs::read(&path).await?;
     let content_type = match file.rsplit_once('.').map(|(_, ext)| ext) {
         Some("png") => "image/png",

@@ -192,8 +192,7 @@ pub async fn similar(
     let record = state.db.get_item(&name, &item_id).await?.ok_or_else(|| {
         AppError::new(ErrorCode::ItemNotFound, format!("no item with id {item_id:?} in this dataset"))
     })?;
-    let blobs = state.blobs.clone();
-    let bytes = tokio::task::spawn_blocking(move || blobs.get(&record.blob)).await.map_err(AppError::internal)??;
+    let bytes = state.blobs.get(&record.blob).await?;
     state.embedder.check_room().map_err(embed_error)?;
     let mut clock = Clock::read(started, arrival);
     let prepared = prepare_upload(&state, Bytes::from(bytes)).await?;

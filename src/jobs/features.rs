@@ -27,6 +27,24 @@ pub fn block_cache(state: &AppState, dataset: &str, block: usize) -> anyhow::Res
     Ok(FeatureCache::at_block(state.data_dir(), dataset, &model.id, model.input_size, block, dim))
 }
 
+/// From how many items on a process lacking the cache fetches it from the object store rather than
+/// embed them: a replica adding the few items another one took in should not download a
+/// catalogue's cache (5 KB an item) for them; a worker finetuning should.
+const FETCH_CACHE_FOR: usize = 1000;
+
+/// Uploads a cache a job extended to the object store, for the workers that do not share this
+/// data dir (nothing to do on the local store). A cache the store holds at the same length is
+/// left alone.
+pub fn store_cache(state: &AppState, cache: &FeatureCache) -> anyhow::Result<()> {
+    let Ok(local) = std::fs::metadata(cache.path()) else {
+        return Ok(());
+    };
+    if !state.objects.is_remote() || state.objects.stored_size(cache.path())? == Some(local.len()) {
+        return Ok(());
+    }
+    state.objects.push_file(cache.path())
+}
+
 /// Backbone features of `records`, in their order: read from the cache, the
 /// missing ones embedded from the stored images (and cached). `progress`
 /// gets (done, total) after each chunk.
@@ -55,6 +73,9 @@ pub fn model_inputs_of(
         Some(block) => block_cache(state, dataset, block)?,
         None => feature_cache(state, dataset),
     };
+    if records.len() >= FETCH_CACHE_FOR {
+        state.objects.pull_file(cache.path())?;
+    }
     let wanted: HashSet<u64> = records.iter().map(|r| r.seq).collect();
     let mut cached = cache.read(&wanted)?;
     let missing: Vec<&ItemRecord> = records.iter().filter(|r| !cached.contains_key(&r.seq)).collect();
@@ -70,7 +91,7 @@ pub fn model_inputs_of(
         let inputs: Vec<Vec<f32>> = chunk
             .par_iter()
             .map(|record| {
-                let bytes = state.blobs.get(&record.blob)?;
+                let bytes = state.blobs.get_blocking(&record.blob)?;
                 crate::network::preprocess::prepare(&bytes, max_pixels, input_size)
                     .map(|p| p.input)
                     .map_err(|e| anyhow::anyhow!("stored image of {:?} unreadable: {e}", record.item.item_id))

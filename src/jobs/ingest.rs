@@ -38,8 +38,15 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
     let Some(upload) = upload else {
         return Err(JobFailure::failed(ErrorCode::InvalidJob, "ingest job without an archive"));
     };
-    let outcome = ingest(state, job, cancel, &upload, &runtime);
-    let _ = std::fs::remove_file(&upload);
+    // Uploaded through another process, the archive is in the object store.
+    let outcome = match state.objects.pull_file(&upload) {
+        Ok(true) => ingest(state, job, cancel, &upload, &runtime),
+        Ok(false) => Err(JobFailure::failed(ErrorCode::InvalidArchive, "the uploaded archive is gone")),
+        Err(err) => Err(JobFailure::from(err)),
+    };
+    if let Err(err) = state.objects.delete_file(&upload) {
+        tracing::warn!(job = %job.id, error = %format!("{err:#}"), "could not remove the uploaded archive");
+    }
     let status = if outcome.is_ok() { STATUS_READY } else { STATUS_FAILED };
     if let Err(err) = runtime.block_on(state.db.set_dataset_status(&job.dataset, status)) {
         tracing::error!(dataset = %job.dataset, error = %err, "could not record the dataset status");
@@ -92,7 +99,12 @@ fn ingest(state: &AppState, job: &Job, cancel: &CancelFlag, upload: &Path, runti
     run.flush()?;
     let saving = Instant::now();
     let generation = dataset.generation.load_full();
-    generation.save(&dataset.index_dir(generation.model_id()))?;
+    let index_dir = dataset.index_dir(generation.model_id());
+    generation.save(&index_dir, &state.objects)?;
+    crate::jobs::features::store_cache(state, &run.features)?;
+    if let Some((_, blocks)) = &run.blocks {
+        crate::jobs::features::store_cache(state, blocks)?;
+    }
     run.stages.save += saving.elapsed();
     let elapsed = started.elapsed();
     let seconds = elapsed.as_secs_f64();
@@ -209,9 +221,10 @@ impl Run<'_> {
         let storing = Instant::now();
         let mut inputs = Vec::with_capacity(good.len());
         let mut rows = Vec::with_capacity(good.len());
+        let mut originals = Vec::with_capacity(good.len());
         for (entry, bytes, image) in good {
             let key = BlobStore::new_key(&self.dataset.name);
-            blobs.put(&key, &bytes, false)?;
+            originals.push((key.clone(), bytes));
             rows.push(NewItem {
                 item_id: entry.item_id,
                 label: entry.label,
@@ -222,6 +235,7 @@ impl Run<'_> {
             });
             inputs.push(image.input);
         }
+        blobs.put_many_blocking(originals)?;
         let mut stored = storing.elapsed();
         let embedding = Instant::now();
         // The serving model's input; else the block inputs a default finetune trains from, kept

@@ -40,9 +40,10 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
             format!("model {model_id} reads backbone {}, but {} is loaded", record.backbone, backbone.id),
         ));
     }
-    let model = store::load_handle(state.data_dir(), &job.dataset, &record, state.embedder.network(), &state.device)?;
+    let model = store::load_handle(&state.objects, &job.dataset, &record, state.embedder.network(), &state.device)?;
     let records = runtime.block_on(state.db.all_items(&job.dataset))?;
     let dir = dataset.index_dir(model_id);
+    state.objects.pull_dir(&dir)?;
     let boundary = model.boundary();
     let features_of =
         |records: &[crate::db::items::ItemRecord], cancel: &CancelFlag, progress: &mut dyn FnMut(usize, usize)| {
@@ -87,7 +88,7 @@ pub fn run(state: &AppState, job: &Job, cancel: &CancelFlag) -> JobResult {
         }
     };
     report.stage("swapping", 0.95, json!({}));
-    promote(&state.db, &dataset, candidate, cancel, &mut |late| {
+    promote(&state.db, &state.objects, &dataset, candidate, cancel, &mut |late| {
         features_of(late, &CancelFlag::default(), &mut |_, _| {})
     })?;
     Ok(json!({

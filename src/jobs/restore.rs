@@ -20,13 +20,14 @@ pub async fn active_model(state: &AppState, dataset: &str) -> anyhow::Result<Mod
         tracing::warn!(dataset, model = %active.id, backbone = %active.backbone, loaded = %backbone,
             "the active model was trained on another backbone: serving the pretrained model");
     } else {
-        match crate::generation::store::load_handle(
-            state.data_dir(),
-            dataset,
-            &active,
-            state.embedder.network(),
-            &state.device,
-        ) {
+        let loading = state.clone();
+        let (name, record) = (dataset.to_owned(), active.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            let network = loading.embedder.network();
+            crate::generation::store::load_handle(&loading.objects, &name, &record, network, &loading.device)
+        })
+        .await?;
+        match loaded {
             Ok(model) => return Ok(model),
             Err(err) => tracing::error!(dataset, model = %active.id, error = %format!("{err:#}"),
                 "the active model cannot be loaded: serving the pretrained model"),
@@ -58,6 +59,9 @@ pub fn load_generation(
     items: &[crate::db::items::ItemRecord],
 ) -> anyhow::Result<Generation> {
     let dir = state.indexes_dir().join(name).join(&model.id);
+    if let Err(err) = state.objects.pull_dir(&dir) {
+        tracing::warn!(dataset = name, error = %format!("{err:#}"), "could not fetch the saved index");
+    }
     let generation = match Generation::load(&dir, model.clone(), &state.settings.index.params) {
         Ok(generation) => generation,
         Err(err) => {
@@ -83,7 +87,7 @@ pub fn load_generation(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         generation.append(&missing.iter().map(|r| r.seq).zip(features).collect::<Vec<_>>())?;
         if state.settings.server.role.runs_jobs() {
-            generation.save(&dir)?;
+            generation.save(&dir, &state.objects)?;
         }
     }
     Ok(generation)

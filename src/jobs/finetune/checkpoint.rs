@@ -1,6 +1,7 @@
-//! The checkpoint of a finetune job's training stage: the trained head (and blocks), saved under the job's
-//! artifacts folder with a digest of the item set and params it was trained with, so a job
-//! resumed after a restart skips training when it had finished it on the same items.
+//! The checkpoint of a finetune job's training stage: the trained head (and blocks), saved under
+//! the job's artifacts folder with a digest of the item set and params it was trained with, so a
+//! job resumed after a restart skips training when it had finished it on the same items. It is
+//! pushed to the object store too, for another worker resuming the job.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use crate::db::items::ItemRecord;
 use crate::generation::store::{HEAD_FILE, TAIL_FILE};
 use crate::network::lite0::TailWeights;
 use crate::network::tail::{load_tail, save_tail};
+use crate::storage::Objects;
 use crate::train::params::FinetuneParams;
 use crate::train::{EmbeddingHead, TrainedHead};
 
@@ -22,6 +24,7 @@ pub struct Trained {
 
 /// The trained head of an interrupted job, valid for the same items.
 pub struct Checkpoint {
+    objects: Objects,
     dir: PathBuf,
     key: String,
 }
@@ -35,16 +38,20 @@ struct CheckpointMeta {
 }
 
 impl Checkpoint {
-    pub fn new(artifacts: &Path, records: &[ItemRecord], params: &FinetuneParams) -> Self {
+    pub fn new(objects: &Objects, artifacts: &Path, records: &[ItemRecord], params: &FinetuneParams) -> Self {
         let mut hasher = Sha256::new();
         for record in records {
             hasher.update(record.seq.to_le_bytes());
         }
         hasher.update(serde_json::to_vec(params).unwrap_or_default());
-        Self { dir: artifacts.join("checkpoint"), key: hex::encode(hasher.finalize()) }
+        Self { objects: objects.clone(), dir: artifacts.join("checkpoint"), key: hex::encode(hasher.finalize()) }
     }
 
+    /// The checkpoint saved here or, on S3, by the worker that ran the job before.
     pub fn load(&self) -> Option<Trained> {
+        if let Err(err) = self.objects.pull_dir(&self.dir) {
+            tracing::warn!(error = %format!("{err:#}"), "could not fetch the training checkpoint");
+        }
         let meta: CheckpointMeta = serde_json::from_slice(&std::fs::read(self.dir.join("meta.json")).ok()?).ok()?;
         if meta.key != self.key {
             return None;
@@ -73,6 +80,6 @@ impl Checkpoint {
             losses: trained.losses.clone(),
         };
         crate::storage::write_atomic(&self.dir.join("meta.json"), &serde_json::to_vec(&meta)?, true)?;
-        Ok(())
+        self.objects.push_dir(&self.dir)
     }
 }

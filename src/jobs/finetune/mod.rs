@@ -80,6 +80,7 @@ impl Run<'_> {
     /// Writes an artifact of the job and lists it on the job.
     fn write_artifact(&self, name: &str, bytes: &[u8]) -> Result<(), JobFailure> {
         crate::storage::write_atomic(&self.artifacts.join(name), bytes, true)?;
+        self.state.objects.push_file(&self.artifacts.join(name))?;
         self.runtime.block_on(self.state.db.add_job_artifact(&self.job.id, name))?;
         Ok(())
     }
@@ -215,6 +216,10 @@ fn features(run: &Run, report: &mut Reporter) -> Result<Catalogue, JobFailure> {
         )?),
         None => None,
     };
+    super::features::store_cache(run.state, &super::features::feature_cache(run.state, &run.job.dataset))?;
+    if let Some(block) = boundary {
+        super::features::store_cache(run.state, &super::features::block_cache(run.state, &run.job.dataset, block)?)?;
+    }
     let (label_names, labels) = split::label_ids(&records);
     Ok(Catalogue { records, features, blocks, labels, label_names })
 }
@@ -292,6 +297,7 @@ fn evaluating(
     });
     let model_dir = store::model_dir(run.state.data_dir(), &run.job.dataset, &evaluation.model.id);
     store::save_model(&model_dir, &trained.head.head, trained.tail.as_ref(), &meta)?;
+    run.state.objects.push_dir(&model_dir)?;
     let row = NewModel {
         id: &evaluation.model.id,
         parent: Some(&evaluation.parent.id),
@@ -333,7 +339,7 @@ fn promoting(run: &Run, report: &mut Reporter, catalogue: Catalogue, model: &Mod
     )?;
     report.stage("swapping", 0.98, json!({}));
     let boundary = model.boundary();
-    promote(&state.db, &run.dataset, candidate, run.cancel, &mut |records| {
+    promote(&state.db, &state.objects, &run.dataset, candidate, run.cancel, &mut |records| {
         super::features::model_inputs_of(
             state,
             &run.job.dataset,

@@ -29,7 +29,7 @@ pub(super) fn run(
 ) -> Result<Trained, JobFailure> {
     let params = &run.params;
     let train_params = train_params(run, catalogue, mined);
-    let checkpoint = Checkpoint::new(&run.artifacts, &catalogue.records, params);
+    let checkpoint = Checkpoint::new(&run.state.objects, &run.artifacts, &catalogue.records, params);
     let trained = match checkpoint.load() {
         Some(trained) => {
             tracing::info!(job = %run.job.id, "resuming from the training checkpoint");
@@ -109,7 +109,7 @@ fn train(
         let max_pixels = state.settings.limits.max_image_pixels;
         let load = |item: usize| -> anyhow::Result<image::RgbImage> {
             let record = &catalogue.records[mined.split.train[item]];
-            let bytes = state.blobs.get(&record.blob)?;
+            let bytes = state.blobs.get_blocking(&record.blob)?;
             decode_image(&bytes, max_pixels)
                 .map_err(|e| anyhow::anyhow!("stored image of {:?}: {e}", record.item.item_id))
         };
