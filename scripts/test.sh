@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the test assets (weights, photos, Fashion-MNIST)
 # when missing, runs every Rust test of the workspace (the service, bench/, crates/), the
-# integration suite again on a throwaway PostgreSQL cluster (scripts/test-postgres.sh), then the
+# integration suite again on a throwaway PostgreSQL cluster and SeaweedFS S3 server
+# (scripts/test-postgres.sh), then the
 # web pages' tests in a real headless Chromium, then schemathesis against the OpenAPI document.
 # README.md and .ci/run both call this.
 set -euo pipefail
@@ -10,7 +11,7 @@ bash scripts/test-assets.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log"
-echo "== the integration suite on PostgreSQL"
+echo "== the integration suite on PostgreSQL and S3 (SeaweedFS)"
 bash scripts/test-postgres.sh "$@" 2>&1 | tee -a "$log"
 bash scripts/browser-test.sh 2>&1 | tee -a "$log"
 bash scripts/schemathesis.sh 2>&1 | tee -a "$log"

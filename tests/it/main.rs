@@ -13,4 +13,5 @@ mod jobs;
 mod metrics;
 mod openapi;
 mod replicas;
+mod storage;
 mod support;

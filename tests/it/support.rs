@@ -43,6 +43,10 @@ pub fn settings(data_dir: &Path) -> Settings {
     if let Some(url) = database_url(data_dir) {
         settings.database.url = url;
     }
+    if let Some((url, endpoint)) = object_store(data_dir) {
+        settings.storage.url = url;
+        settings.storage.endpoint = endpoint;
+    }
     settings.server.addr = "127.0.0.1:0".parse().expect("addr");
     settings.model.weights = weights().display().to_string();
     settings.model.fetch_if_missing = false;
@@ -67,6 +71,18 @@ pub fn database_url(data_dir: &Path) -> Option<String> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     data_dir.hash(&mut hasher);
     Some(format!("{server}/lk_{:016x}", hasher.finish()))
+}
+
+/// With `LOOKALIKE_TEST_S3_ENDPOINT` set (`http://host:port`, as `scripts/test-postgres.sh` sets
+/// it after starting a throwaway SeaweedFS), originals, models, indexes, feature caches and
+/// artifacts go to its bucket `lookalike`, under a prefix of each data dir's own; the data dir is
+/// only a cache. Unset, the data dir itself.
+pub fn object_store(data_dir: &Path) -> Option<(String, String)> {
+    use std::hash::{Hash, Hasher};
+    let endpoint = std::env::var("LOOKALIKE_TEST_S3_ENDPOINT").ok().filter(|url| !url.is_empty())?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut hasher);
+    Some((format!("s3://lookalike/t{:016x}", hasher.finish()), endpoint))
 }
 
 pub async fn start(settings: Settings) -> (Server, Client) {
