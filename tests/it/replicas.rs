@@ -1,14 +1,19 @@
-//! Several processes on one PostgreSQL database: two API replicas and a worker, each a server of
-//! its own (in this test process; `server.role` decides what each does), sharing one data
-//! folder. What goes through one replica is served by the other: a catalogue ingested (by the
-//! worker) through A is searched on B with identical answers, an item added on B is found on A,
-//! one deleted on A is gone from B, each within the sync bound. On SQLite, whose file one
-//! process owns, there is nothing to show: the test returns at once (scripts/test.sh runs the
-//! suite again on PostgreSQL).
+//! Several processes on one PostgreSQL database and one S3 store. First two API replicas and a
+//! worker as servers in this test process (`server.role` decides what each does), sharing one
+//! data dir, which times how soon what goes through one replica is served by the other: a
+//! catalogue ingested (by the worker) through A is searched on B with identical answers, an item
+//! added on B is found on A, one deleted on A is gone from B, a promoted model is served by both.
+//! Then the deployment itself: two API replicas and two workers as `lookalike serve` processes,
+//! each with a data dir of its own, one worker killed in the middle of a job. On SQLite, whose
+//! file one process owns, there is nothing to show: the tests return at once (scripts/test.sh
+//! runs the suite again on PostgreSQL and SeaweedFS).
 
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lookalike::config::Role;
+use lookalike::config::{Role, Settings};
 use serde_json::Value;
 
 use super::support::{self, Client};
@@ -90,27 +95,9 @@ async fn what_one_replica_is_told_every_replica_serves() {
 
     // A finetune job (run by the worker) is promoted: both replicas serve the new model within
     // the bound, and searches on both go on answering throughout.
-    let searching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let mut searchers = Vec::new();
-    for client in [client_a.clone(), client_b.clone()] {
-        let (searching, query) = (searching.clone(), query.clone());
-        searchers.push(tokio::spawn(async move {
-            let (mut answered, mut failed, mut models) = (0, Vec::new(), Vec::<String>::new());
-            while searching.load(std::sync::atomic::Ordering::SeqCst) {
-                let (status, found) = client.search_raw("shop", query.clone(), "&k=5").await;
-                if status != 200 {
-                    failed.push(format!("{status} {found}"));
-                    continue;
-                }
-                answered += 1;
-                let model = found["model"].as_str().expect("model").to_owned();
-                if models.last() != Some(&model) {
-                    models.push(model);
-                }
-            }
-            (answered, failed, models)
-        }));
-    }
+    let searching = Arc::new(AtomicBool::new(true));
+    let searchers: Vec<_> =
+        [&client_a, &client_b].map(|c| keep_searching(c.clone(), query.clone(), searching.clone())).into();
     let body = serde_json::json!({"kind": "finetune", "dataset": "shop", "params": {"epochs": 2, "promote": "always"}});
     let response = client_a.http.post(client_a.url("/jobs")).json(&body).send().await.expect("post");
     let (status, job) = support::status_json(response).await;
@@ -122,12 +109,12 @@ async fn what_one_replica_is_told_every_replica_serves() {
         let (_, after) = search_until(client, &query, |found| found["model"] == promoted.as_str()).await;
         eprintln!("replica {name} served the promoted model {after:?} after the job ended");
     }
-    searching.store(false, std::sync::atomic::Ordering::SeqCst);
+    searching.store(false, Ordering::SeqCst);
     for searcher in searchers {
         let (answered, failed, models) = searcher.await.expect("searcher");
         assert!(failed.is_empty(), "failed searches during the swap: {failed:?}");
-        assert_eq!(models.last(), Some(&promoted), "{models:?}");
         assert!(answered > 0 && models.len() == 2, "one model change: {models:?}");
+        assert_eq!(models.last(), Some(&promoted), "{models:?}");
     }
 
     for server in [worker, b, a] {
@@ -135,18 +122,17 @@ async fn what_one_replica_is_told_every_replica_serves() {
     }
 }
 
-/// A `lookalike serve --role worker` process of its own on the test's database and data folder.
-fn spawn_worker(
-    settings: &lookalike::config::Settings,
-    instance: &str,
-    log: &std::path::Path,
-) -> tokio::process::Child {
+/// A `lookalike serve --role {role}` process of its own, with the data dir `dir`, listening on
+/// `port`, on the test's database and object store; its log beside its data dir.
+fn spawn_server(settings: &Settings, role: &str, instance: &str, dir: &Path, port: u16) -> tokio::process::Child {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookalike"));
-    command.args(["serve", "--role", "worker"]);
+    command.args(["serve", "--role", role]);
     let env = [
-        ("LOOKALIKE__DATA_DIR", settings.data_dir.display().to_string()),
+        ("LOOKALIKE__DATA_DIR", dir.display().to_string()),
         ("LOOKALIKE__DATABASE__URL", settings.database.url.clone()),
-        ("LOOKALIKE__SERVER__ADDR", "127.0.0.1:0".to_owned()),
+        ("LOOKALIKE__STORAGE__URL", settings.storage.url.clone()),
+        ("LOOKALIKE__STORAGE__ENDPOINT", settings.storage.endpoint.clone()),
+        ("LOOKALIKE__SERVER__ADDR", format!("127.0.0.1:{port}")),
         ("LOOKALIKE__SERVER__INSTANCE", instance.to_owned()),
         ("LOOKALIKE__SERVER__SYNC_INTERVAL_MS", SYNC_INTERVAL_MS.to_string()),
         ("LOOKALIKE__MODEL__WEIGHTS", settings.model.weights.clone()),
@@ -155,46 +141,127 @@ fn spawn_worker(
         ("LOOKALIKE__JOBS__HEARTBEAT_S", settings.jobs.heartbeat_s.to_string()),
         ("LOOKALIKE__JOBS__LEASE_S", settings.jobs.lease_s.to_string()),
     ];
+    let log = dir.with_extension("log");
     command.envs(env).env("RUST_LOG", "info").kill_on_drop(true);
     command
-        .stdout(std::fs::File::create(log).expect("log"))
+        .stdout(std::fs::File::create(&log).expect("log"))
         .stderr(std::fs::File::create(log.with_extension("err")).expect("log"));
-    command.spawn().expect("start a worker process")
+    command.spawn().expect("start a lookalike process")
 }
 
-/// Two worker processes; the one running a finetune job is killed (SIGKILL) in the middle of its
-/// training: the other takes the job back once its lease runs out, runs it to the end, and the
-/// API replica serves the promoted model. Nothing is lost: the catalogue is whole.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A client of the process on `port`, once it answers `/readyz`.
+async fn ready_client(port: u16) -> Client {
+    let client = Client { http: reqwest::Client::new(), base: format!("http://127.0.0.1:{port}") };
+    let started = Instant::now();
+    loop {
+        match client.http.get(client.url("/readyz")).send().await {
+            Ok(response) if response.status() == 200 => return client,
+            _ => assert!(started.elapsed() < Duration::from_secs(120), "the process on port {port} never became ready"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Searches `client` without pause until `searching` is cleared; returns how many answered,
+/// the failures, and the models that answered, in order, each once.
+fn keep_searching(
+    client: Client,
+    query: Vec<u8>,
+    searching: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut answered, mut failed, mut models) = (0, Vec::new(), Vec::<String>::new());
+        while searching.load(Ordering::SeqCst) {
+            let (status, found) = client.search_raw("shop", query.clone(), "&k=5").await;
+            if status != 200 {
+                failed.push(format!("{status} {found}"));
+                continue;
+            }
+            answered += 1;
+            let model = found["model"].as_str().expect("model").to_owned();
+            if models.last() != Some(&model) {
+                models.push(model);
+            }
+        }
+        (answered, failed, models)
+    })
+}
+
+/// The deployment of docs/SCALING.md as processes: two API replicas (A, B) and two workers, each
+/// a `lookalike serve` of its own with a data dir of its own, sharing only PostgreSQL and the S3
+/// store (SeaweedFS). A catalogue ingested through A (a worker runs the job) is served by B with
+/// identical answers; an item added on B is found on A, its image read back from the store; a
+/// finetune job's worker is killed (SIGKILL) in the middle of training, the other worker takes
+/// the job back once the lease runs out and finishes it, and both replicas serve the promoted
+/// model within the bound, searched without pause and without a failure. Nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_workers_job_is_finished_by_the_other() {
+async fn replicas_and_workers_as_processes_share_only_the_database_and_the_store() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut settings = support::settings(data.path());
+    let settings = support::settings(data.path());
     if !settings.database.url.starts_with("postgres") {
         eprintln!("SQLite: one process per database file; nothing to show (run on PostgreSQL)");
         return;
     }
-    settings.server.role = Role::Api;
-    settings.server.instance = "api-a".into();
-    settings.server.sync_interval_ms = SYNC_INTERVAL_MS;
-    let (api, client) = support::start(settings.clone()).await;
+    assert!(
+        !settings.storage.url.is_empty(),
+        "on PostgreSQL this test needs an S3 store too: run it through scripts/test-postgres.sh"
+    );
+    let dir = |name: &str| data.path().join(name);
+    let (port_a, port_b) = (free_port(), free_port());
+    let _api_a = spawn_server(&settings, "api", "api-a", &dir("api-a"), port_a);
+    let _api_b = spawn_server(&settings, "api", "api-b", &dir("api-b"), port_b);
     let mut workers = vec![
-        ("worker-1", spawn_worker(&settings, "worker-1", &data.path().join("worker-1.log"))),
-        ("worker-2", spawn_worker(&settings, "worker-2", &data.path().join("worker-2.log"))),
+        ("worker-1", spawn_server(&settings, "worker", "worker-1", &dir("worker-1"), free_port())),
+        ("worker-2", spawn_server(&settings, "worker", "worker-2", &dir("worker-2"), free_port())),
     ];
-    let subset = support::fashion_subset(3, 1);
-    let ingested = support::ingest(&client, "shop", subset.catalogue_zip.clone()).await;
-    let items = ingested["result"]["ingested"].as_u64().expect("ingested");
+    let (client_a, client_b) = (ready_client(port_a).await, ready_client(port_b).await);
 
-    // Long enough to be caught training: many epochs of a small catalogue.
+    // Ingested through A, run by a worker: B answers as A does.
+    let subset = support::fashion_subset(3, 1);
+    let job = support::ingest(&client_a, "shop", subset.catalogue_zip.clone()).await;
+    assert!(job["worker"].as_str().is_some_and(|w| w.starts_with("worker-")), "{job}");
+    let items = job["result"]["ingested"].as_u64().expect("ingested");
+    let (_, query) = subset.queries[4].clone();
+    let (on_a, _) =
+        search_until(&client_a, &query, |found| found["results"].as_array().is_some_and(|r| r.len() == 5)).await;
+    let (on_b, _) = search_until(&client_b, &query, |found| found["results"] == on_a["results"]).await;
+    assert_eq!(on_b["results"], on_a["results"]);
+
+    // Added on B: found on A, and A serves its image, which only the store holds for A.
+    let (label, image) = subset.queries[9].clone();
+    let form = reqwest::multipart::Form::new()
+        .text("label", label)
+        .text("item_id", "from-b")
+        .part("image", reqwest::multipart::Part::bytes(image.clone()).file_name("x.png"));
+    let response = client_b.http.post(client_b.url("/datasets/shop/items")).multipart(form).send().await.expect("post");
+    let (status, item) = support::status_json(response).await;
+    assert_eq!(status, 201, "{item}");
+    let (_, after) = search_until(&client_a, &image, |found| ids(found).first().is_some_and(|id| id == "from-b")).await;
+    eprintln!("an item added on B was found on A after {after:?}");
+    let response = client_a.http.get(client_a.url("/datasets/shop/items/from-b/image")).send().await.expect("get");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("bytes").as_ref(), image.as_slice(), "the image as uploaded to B");
+    for replica in ["api-a", "api-b"] {
+        assert!(!dir(replica).join("blobs").exists(), "{replica} keeps originals only in the store");
+    }
+
+    // A finetune job, its worker killed in the middle of training; A and B searched throughout.
+    let searching = Arc::new(AtomicBool::new(true));
+    let searchers: Vec<_> =
+        [&client_a, &client_b].map(|c| keep_searching(c.clone(), query.clone(), searching.clone())).into();
     let body =
         serde_json::json!({"kind": "finetune", "dataset": "shop", "params": {"epochs": 100, "promote": "always"}});
-    let response = client.http.post(client.url("/jobs")).json(&body).send().await.expect("post");
+    let response = client_a.http.post(client_a.url("/jobs")).json(&body).send().await.expect("post");
     let (status, job) = support::status_json(response).await;
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().expect("id").to_owned();
     let started = Instant::now();
     let victim = loop {
-        let (_, job) = client.get(&format!("/jobs/{id}")).await;
+        let (_, job) = client_b.get(&format!("/jobs/{id}")).await;
         if job["stage"] == "training" && job["detail"]["step"].as_u64().is_some_and(|s| s > 0) {
             break job["worker"].as_str().expect("worker").to_owned();
         }
@@ -208,8 +275,7 @@ async fn a_killed_workers_job_is_finished_by_the_other() {
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("killed");
     let killed_at = Instant::now();
-
-    let job = client.wait_job(&id).await;
+    let job = client_a.wait_job(&id).await;
     eprintln!("{victim} killed; the job ended {:?} later", killed_at.elapsed());
     let survivor = workers[0].0;
     assert_eq!(
@@ -218,13 +284,28 @@ async fn a_killed_workers_job_is_finished_by_the_other() {
         "{job}"
     );
     let promoted = job["result"]["model"].as_str().expect("model").to_owned();
-    let (_, query) = subset.queries[2].clone();
-    search_until(&client, &query, |found| found["model"] == promoted.as_str()).await;
-    let (_, dataset) = client.get("/datasets/shop").await;
-    assert_eq!(
-        (dataset["items"].as_u64(), dataset["model"].as_str()),
-        (Some(items), Some(promoted.as_str())),
-        "{dataset}"
-    );
-    api.stop().await.expect("stop");
+    for (name, client) in [("A", &client_a), ("B", &client_b)] {
+        let (_, after) = search_until(client, &query, |found| found["model"] == promoted.as_str()).await;
+        eprintln!("replica {name} served the promoted model {after:?} after the job ended");
+    }
+    searching.store(false, Ordering::SeqCst);
+    for searcher in searchers {
+        let (answered, failed, models) = searcher.await.expect("searcher");
+        assert!(failed.is_empty(), "failed searches during the swap: {failed:?}");
+        assert!(answered > 0 && models.len() == 2, "one model change: {models:?}");
+        assert_eq!(models.last(), Some(&promoted), "{models:?}");
+    }
+
+    // Nothing lost: both replicas hold the whole catalogue, served by the promoted model.
+    for client in [&client_a, &client_b] {
+        let (_, dataset) = client.get("/datasets/shop").await;
+        assert_eq!(
+            (dataset["items"].as_u64(), dataset["model"].as_str()),
+            (Some(items + 1), Some(promoted.as_str())),
+            "{dataset}"
+        );
+    }
+    let (on_a, _) = search_until(&client_a, &query, |found| found["model"] == promoted.as_str()).await;
+    let (on_b, _) = search_until(&client_b, &query, |found| found["results"] == on_a["results"]).await;
+    assert_eq!(on_a["results"], on_b["results"]);
 }
