@@ -11,9 +11,10 @@
 #   5. the image alone with `--network none` and a fresh volume: ready, then a catalogue ingested
 #      and searched with the CLI inside the container, so the weights are in the image and no
 #      network is needed;
-#   6. docker-compose.scale.yml: PostgreSQL, two API replicas behind nginx and a worker; the
-#      catalogue ingested through the proxy is taken in by the worker, and both replicas give the
-#      answers of step 3 (nginx's log shows each replica answering);
+#   6. docker-compose.scale.yml: PostgreSQL, SeaweedFS, two API replicas behind nginx and a
+#      worker; the catalogue ingested through the proxy is taken in by the worker, its originals
+#      are in the object store, and both replicas give the answers of step 3 (nginx's log shows
+#      each replica answering);
 # then `docker compose down -v`, also on failure (after printing the containers' logs).
 # Prints the time of each phase. Needs root (the engine), curl, jq and tar.
 set -euo pipefail
@@ -189,14 +190,14 @@ echo "$result"
 top=$(awk '$1 == "1" { print $3 }' <<< "$result")
 [[ $top == sneaker ]] || fail "offline search: the nearest item is a ${top:-?}, not a sneaker"
 
-phase "scaled (docker-compose.scale.yml: PostgreSQL, 2 API replicas behind nginx, a worker)"
-"${scale[@]}" build postgres proxy > "$work/scale-build.log" 2>&1 ||
+phase "scaled (docker-compose.scale.yml: PostgreSQL, SeaweedFS, 2 API replicas behind nginx, a worker)"
+"${scale[@]}" build postgres s3 proxy > "$work/scale-build.log" 2>&1 ||
     { tail -n 60 "$work/scale-build.log" >&2; fail "scaled images build"; }
 port=$(free_port)
 base=http://127.0.0.1:$port
 LOOKALIKE_PORT=$port LOOKALIKE_ADMIN_KEYS=$admin_key LOOKALIKE_READ_KEYS=$read_key LOOKALIKE_PG_PASSWORD=pw-$RANDOM \
     "${scale[@]}" up --detach --no-build
-for service in worker api-1 api-2; do
+for service in s3 worker api-1 api-2; do
     wait_healthy "$("${scale[@]}" ps --quiet "$service")" 180
 done
 for ((waited = 0; ; waited++)); do
@@ -216,7 +217,11 @@ for round in 1 2; do
 done
 replicas=$("${scale[@]}" logs --no-color proxy | awk '/POST \/search/ { print $(NF - 1) }' | sort -u | wc -l)
 ((replicas == 2)) || fail "searches were answered by $replicas replica(s), not 2"
-echo "ingested by $worker; both replicas answered as the single server did"
+# The originals went to the object store, not to the worker's disk alone.
+stored=$("${scale[@]}" exec -T s3 curl -sf "http://127.0.0.1:8333/lookalike?list-type=2&prefix=blobs/fixtures/" |
+    grep -o "<Key>" | wc -l)
+((stored > 0)) || fail "no original image of the catalogue is in the object store"
+echo "ingested by $worker ($stored originals in the object store); both replicas answered as the single server did"
 "${scale[@]}" down --volumes --remove-orphans > /dev/null 2>&1
 
 phase "down"
