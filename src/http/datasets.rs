@@ -30,6 +30,23 @@ impl Drop for UploadGuard {
     }
 }
 
+/// A dataset being deleted, marked as busy (like one with a job running here) until dropped.
+struct Deleting<'a>(&'a AppState, String);
+
+impl<'a> Deleting<'a> {
+    fn mark(state: &'a AppState, name: &str) -> Self {
+        let id = format!("delete-{name}");
+        state.jobs.register(&id, name);
+        Self(state, id)
+    }
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        self.0.jobs.unregister(&self.1);
+    }
+}
+
 /// The multipart body of `POST /datasets`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -267,10 +284,14 @@ pub async fn delete(State(state): State<AppState>, AppPath(name): AppPath<String
     if state.db.get_dataset(&name).await?.is_none() {
         return Err(AppError::dataset_not_found(&name));
     }
+    // While its files go, `sync` leaves the dataset alone (as it does one with a job running
+    // here), and the row goes before the serving copy: a sync round in between would load the
+    // dataset again, pulling its index back from the object store.
+    let _deleting = Deleting::mark(&state, &name);
     state.jobs.cancel_dataset(&name);
     state.db.cancel_dataset_jobs(&name).await?;
-    state.remove_dataset(&name);
     state.db.delete_dataset(&name).await?;
+    state.remove_dataset(&name);
     let (blobs, objects) = (state.blobs.clone(), state.objects.clone());
     let indexes = state.indexes_dir().join(&name);
     let models = crate::generation::store::dataset_dir(state.data_dir(), &name);
