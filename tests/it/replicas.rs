@@ -40,6 +40,51 @@ async fn search_until(client: &Client, image: &[u8], done: impl Fn(&Value) -> bo
     }
 }
 
+/// Waits until both replicas serve the `promoted` model (within the bound), then stops the
+/// searchers and checks that none failed and each saw one model change, to `promoted`.
+async fn both_serve_promoted(
+    replicas: [&Client; 2],
+    query: &[u8],
+    promoted: &str,
+    searching: Arc<AtomicBool>,
+    searchers: Vec<Searcher>,
+) {
+    for (name, client) in ["A", "B"].into_iter().zip(replicas) {
+        let (_, after) = search_until(client, query, |found| found["model"] == promoted).await;
+        eprintln!("replica {name} served the promoted model {after:?} after the job ended");
+    }
+    searching.store(false, Ordering::SeqCst);
+    for searcher in searchers {
+        let (answered, failed, models) = searcher.await.expect("searcher");
+        assert!(failed.is_empty(), "failed searches during the swap: {failed:?}");
+        assert!(answered > 0 && models.len() == 2, "one model change: {models:?}");
+        assert_eq!(models.last().map(String::as_str), Some(promoted), "{models:?}");
+    }
+}
+
+/// Waits until A answers `query` with 5 results and B answers the same.
+async fn same_answers(a: &Client, b: &Client, query: &[u8]) {
+    let (on_a, _) = search_until(a, query, |found| found["results"].as_array().is_some_and(|r| r.len() == 5)).await;
+    let (on_b, _) = search_until(b, query, |found| found["results"] == on_a["results"]).await;
+    assert_eq!(on_b["results"], on_a["results"]);
+}
+
+/// Adds `(label, image)` as item `from-b` through B and waits until a search on A finds it first,
+/// at distance 0; returns the image.
+async fn add_on_b_find_on_a(b: &Client, a: &Client, (label, image): (String, Vec<u8>)) -> Vec<u8> {
+    let form = reqwest::multipart::Form::new()
+        .text("label", label)
+        .text("item_id", "from-b")
+        .part("image", reqwest::multipart::Part::bytes(image.clone()).file_name("x.png"));
+    let response = b.http.post(b.url("/datasets/shop/items")).multipart(form).send().await.expect("post");
+    let (status, item) = support::status_json(response).await;
+    assert_eq!(status, 201, "{item}");
+    let (found, after) = search_until(a, &image, |found| ids(found).first().is_some_and(|id| id == "from-b")).await;
+    eprintln!("an item added on B was found on A after {after:?}");
+    assert!(found["results"][0]["distance"].as_f64().expect("distance") < 1e-4, "{found}");
+    image
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_one_replica_is_told_every_replica_serves() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -66,26 +111,12 @@ async fn what_one_replica_is_told_every_replica_serves() {
 
     // B serves the catalogue A took in, with A's answers, item for item and distance for distance.
     let (_, query) = subset.queries[4].clone();
-    let (on_a, _) =
-        search_until(&client_a, &query, |found| found["results"].as_array().is_some_and(|r| r.len() == 5)).await;
-    let (on_b, _) = search_until(&client_b, &query, |found| found["results"] == on_a["results"]).await;
+    same_answers(&client_a, &client_b, &query).await;
     let (_, dataset_b) = client_b.get("/datasets/shop").await;
     assert_eq!(dataset_b["items"].as_u64(), Some(items), "{dataset_b}");
-    assert_eq!(on_b["results"], on_a["results"]);
 
     // Added on B: found on A.
-    let (label, image) = subset.queries[9].clone();
-    let form = reqwest::multipart::Form::new()
-        .text("label", label)
-        .text("item_id", "from-b")
-        .part("image", reqwest::multipart::Part::bytes(image.clone()).file_name("x.png"));
-    let response = client_b.http.post(client_b.url("/datasets/shop/items")).multipart(form).send().await.expect("post");
-    let (status, item) = support::status_json(response).await;
-    assert_eq!(status, 201, "{item}");
-    let (found, after) =
-        search_until(&client_a, &image, |found| ids(found).first().is_some_and(|id| id == "from-b")).await;
-    eprintln!("an item added on B was found on A after {after:?}");
-    assert!(found["results"][0]["distance"].as_f64().expect("distance") < 1e-4, "{found}");
+    let image = add_on_b_find_on_a(&client_b, &client_a, subset.queries[9].clone()).await;
 
     // Deleted on A: gone from B.
     let response = client_a.http.delete(client_a.url("/datasets/shop/items/from-b")).send().await.expect("delete");
@@ -105,17 +136,7 @@ async fn what_one_replica_is_told_every_replica_serves() {
     let job = client_b.wait_job(job["id"].as_str().expect("id")).await;
     assert_eq!((job["status"].as_str(), job["worker"].as_str()), (Some("succeeded"), Some("worker-1")), "{job}");
     let promoted = job["result"]["model"].as_str().expect("model").to_owned();
-    for (name, client) in [("A", &client_a), ("B", &client_b)] {
-        let (_, after) = search_until(client, &query, |found| found["model"] == promoted.as_str()).await;
-        eprintln!("replica {name} served the promoted model {after:?} after the job ended");
-    }
-    searching.store(false, Ordering::SeqCst);
-    for searcher in searchers {
-        let (answered, failed, models) = searcher.await.expect("searcher");
-        assert!(failed.is_empty(), "failed searches during the swap: {failed:?}");
-        assert!(answered > 0 && models.len() == 2, "one model change: {models:?}");
-        assert_eq!(models.last(), Some(&promoted), "{models:?}");
-    }
+    both_serve_promoted([&client_a, &client_b], &query, &promoted, searching, searchers).await;
 
     for server in [worker, b, a] {
         server.stop().await.expect("stop");
@@ -166,13 +187,12 @@ async fn ready_client(port: u16) -> Client {
     }
 }
 
+/// How many searches answered, the failures, the models that answered (each once, in order).
+type Searcher = tokio::task::JoinHandle<(usize, Vec<String>, Vec<String>)>;
+
 /// Searches `client` without pause until `searching` is cleared; returns how many answered,
 /// the failures, and the models that answered, in order, each once.
-fn keep_searching(
-    client: Client,
-    query: Vec<u8>,
-    searching: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, Vec<String>, Vec<String>)> {
+fn keep_searching(client: Client, query: Vec<u8>, searching: Arc<AtomicBool>) -> Searcher {
     tokio::spawn(async move {
         let (mut answered, mut failed, mut models) = (0, Vec::new(), Vec::<String>::new());
         while searching.load(Ordering::SeqCst) {
@@ -226,22 +246,10 @@ async fn replicas_and_workers_as_processes_share_only_the_database_and_the_store
     assert!(job["worker"].as_str().is_some_and(|w| w.starts_with("worker-")), "{job}");
     let items = job["result"]["ingested"].as_u64().expect("ingested");
     let (_, query) = subset.queries[4].clone();
-    let (on_a, _) =
-        search_until(&client_a, &query, |found| found["results"].as_array().is_some_and(|r| r.len() == 5)).await;
-    let (on_b, _) = search_until(&client_b, &query, |found| found["results"] == on_a["results"]).await;
-    assert_eq!(on_b["results"], on_a["results"]);
+    same_answers(&client_a, &client_b, &query).await;
 
     // Added on B: found on A, and A serves its image, which only the store holds for A.
-    let (label, image) = subset.queries[9].clone();
-    let form = reqwest::multipart::Form::new()
-        .text("label", label)
-        .text("item_id", "from-b")
-        .part("image", reqwest::multipart::Part::bytes(image.clone()).file_name("x.png"));
-    let response = client_b.http.post(client_b.url("/datasets/shop/items")).multipart(form).send().await.expect("post");
-    let (status, item) = support::status_json(response).await;
-    assert_eq!(status, 201, "{item}");
-    let (_, after) = search_until(&client_a, &image, |found| ids(found).first().is_some_and(|id| id == "from-b")).await;
-    eprintln!("an item added on B was found on A after {after:?}");
+    let image = add_on_b_find_on_a(&client_b, &client_a, subset.queries[9].clone()).await;
     let response = client_a.http.get(client_a.url("/datasets/shop/items/from-b/image")).send().await.expect("get");
     assert_eq!(response.status(), 200);
     assert_eq!(response.bytes().await.expect("bytes").as_ref(), image.as_slice(), "the image as uploaded to B");
@@ -284,17 +292,7 @@ async fn replicas_and_workers_as_processes_share_only_the_database_and_the_store
         "{job}"
     );
     let promoted = job["result"]["model"].as_str().expect("model").to_owned();
-    for (name, client) in [("A", &client_a), ("B", &client_b)] {
-        let (_, after) = search_until(client, &query, |found| found["model"] == promoted.as_str()).await;
-        eprintln!("replica {name} served the promoted model {after:?} after the job ended");
-    }
-    searching.store(false, Ordering::SeqCst);
-    for searcher in searchers {
-        let (answered, failed, models) = searcher.await.expect("searcher");
-        assert!(failed.is_empty(), "failed searches during the swap: {failed:?}");
-        assert!(answered > 0 && models.len() == 2, "one model change: {models:?}");
-        assert_eq!(models.last(), Some(&promoted), "{models:?}");
-    }
+    both_serve_promoted([&client_a, &client_b], &query, &promoted, searching, searchers).await;
 
     // Nothing lost: both replicas hold the whole catalogue, served by the promoted model.
     for client in [&client_a, &client_b] {
