@@ -26,6 +26,11 @@ const VERSION_FILE: &str = ".version";
 /// How old a superseded version must be before a push removes it.
 const KEEP_OLD_VERSIONS: Duration = Duration::from_secs(300);
 
+/// The key of the pointer naming `folder`'s current version.
+fn pointer(folder: &str) -> Key {
+    Key::from(format!("{folder}/{CURRENT}"))
+}
+
 impl Objects {
     /// Uploads the folder `dir` of the data dir (every file under it) as a new version
     /// and names it current.
@@ -42,13 +47,13 @@ impl Objects {
             }
         }
         let store = self.store.clone();
-        let pointer = Key::from(format!("{folder}/{CURRENT}"));
+        let current_key = pointer(&folder);
         let current = version.clone();
         self.block_on(async move {
             for (key, bytes) in files {
                 store.put(&key, PutPayload::from(bytes)).await?;
             }
-            store.put(&pointer, PutPayload::from(current.into_bytes())).await?;
+            store.put(&current_key, PutPayload::from(current.into_bytes())).await?;
             Ok::<_, object_store::Error>(())
         })?
         .with_context(|| format!("cannot upload {} to {}", dir.display(), self.location))?;
@@ -67,7 +72,7 @@ impl Objects {
             return Ok(dir.exists());
         }
         let folder = self.key_of(dir)?;
-        let Some(version) = self.get(Key::from(format!("{folder}/{CURRENT}")))? else {
+        let Some(version) = self.get(pointer(&folder))? else {
             return Ok(false);
         };
         let version = String::from_utf8(version).context("a version pointer that is not UTF-8")?;
@@ -104,7 +109,7 @@ impl Objects {
 
     /// Removes the versions of `folder` that are neither current nor recent.
     fn remove_old_versions(&self, folder: &str) -> anyhow::Result<()> {
-        let current = self.get(Key::from(format!("{folder}/{CURRENT}")))?.unwrap_or_default();
+        let current = self.get(pointer(folder))?.unwrap_or_default();
         let current = format!("{folder}/v/{}/", String::from_utf8_lossy(&current));
         let store = self.store.clone();
         let versions = Key::from(format!("{folder}/v"));
